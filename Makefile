@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up from nothing:
+# a virtualenv in .venv, torch (the CPU build), the package in editable mode.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.crypten-lite-installed
+# torch is pinned to the CPU wheel this platform provides; a bare `torch` would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test lint demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,examples]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/crypten-lite launch -n 2 --dealer examples/hello_exchange.py
+
+bench: setup
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

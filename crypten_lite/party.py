@@ -1,0 +1,267 @@
+"""Layer L2: a party of a session — rank, communicator, dealer, randomness and config.
+
+:meth:`Party.setup` runs the start-up protocol every party executes once:
+
+1. Agree on the session parameters: every party all-gathers a fingerprint (protocol version,
+   world size, fixed-point precision, dealer kind, truncation mode); any difference is a
+   :class:`~crypten_lite.errors.ProtocolError` naming the party and the field.
+2. Agree on pairwise seeds: every party all-gathers an ephemeral X25519 public key, and each
+   pair derives a seed from their Diffie-Hellman secret (HKDF, bound to both public keys). The
+   seeds key the AES-CTR streams used for pseudo-random zero sharing.
+3. Agree on a seed with the dealer the same way (``ttp``), or let party 0 derive every party's
+   dealer stream (``tfp``, insecure, tests only).
+
+Protocol functions take a ``Party`` explicitly; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from crypten_lite.comm import Communicator, InProcessHub
+from crypten_lite.config import Config
+from crypten_lite.dealer import Dealer, TrustedFirstParty, TrustedThirdParty, serve_dealer
+from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
+from crypten_lite.prg import PRG, KeyPair, derive_seed, fresh_seed
+
+__all__ = ["PROTOCOL_VERSION", "Party", "dealer_setup", "run_threads"]
+
+PROTOCOL_VERSION = 1
+_DEALER_CODES = {"ttp": 1, "tfp": 2}
+_TRUNC_CODES = {"auto": 1, "local": 2, "dealer": 3}
+_FINGERPRINT_FIELDS = ("protocol version", "world size", "frac_bits", "dealer", "truncation")
+
+T = TypeVar("T")
+
+
+def _key_tensor(public: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(public), dtype=torch.uint8)
+
+
+def _pair_context(lo_key: bytes, hi_key: bytes) -> bytes:
+    return lo_key + hi_key
+
+
+@dataclass(eq=False)
+class Party:
+    """Everything a protocol function needs to know about this party.
+
+    Attributes:
+        rank: this party's index, ``0 .. world_size - 1``.
+        world_size: number of parties N (the dealer not counted).
+        comm: connection to the other parties (and the dealer).
+        config: session settings, identical on every party (checked at set-up).
+        dealer: source of correlated randomness.
+        local_prg: this party's private randomness.
+    """
+
+    rank: int
+    world_size: int
+    comm: Communicator
+    config: Config
+    dealer: Dealer
+    local_prg: PRG
+    _pair_prgs: dict[int, PRG] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Party(rank={self.rank}, world_size={self.world_size}, dealer={type(self.dealer).__name__})"
+
+    @property
+    def frac_bits(self) -> int:
+        return self.config.frac_bits
+
+    def pair_prg(self, peer: int) -> PRG:
+        """The AES-CTR stream this party shares with ``peer``."""
+        return self._pair_prgs[peer]
+
+    def przs(self, shape: Sequence[int]) -> torch.Tensor:
+        """A fresh pseudo-random sharing of zero, without messages.
+
+        Party ``i`` returns ``sum_{j > i} G_ij - sum_{j < i} G_ij``, where ``G_ij`` is the next
+        draw from the stream party ``i`` shares with ``j``; every draw appears once with ``+``
+        and once with ``-`` across the parties, so the shares sum to 0 mod 2**64, while any
+        N-1 parties see the missing share as uniformly random.
+        """
+        shape = tuple(shape)
+        zero = torch.zeros(shape, dtype=torch.int64)
+        for peer in range(self.world_size):
+            if peer > self.rank:
+                zero += self._pair_prgs[peer].random_int64(shape)
+            elif peer < self.rank:
+                zero -= self._pair_prgs[peer].random_int64(shape)
+        return zero
+
+    def close(self) -> None:
+        """Release the dealer (tells a dealer process that this session is over)."""
+        self.dealer.close()
+
+    @classmethod
+    def setup(cls, comm: Communicator, config: Config) -> Party:
+        """Run the start-up protocol (module docstring) and return the ready party.
+
+        Raises:
+            ProtocolError: the parties disagree on a session parameter.
+            PartyTimeoutError: a peer did not take part in time.
+        """
+        rank, n = comm.rank, comm.world_size
+        if rank >= n:
+            raise ValueError("Party.setup is for parties; the dealer runs dealer_setup")
+        fingerprint = torch.tensor(
+            [
+                PROTOCOL_VERSION,
+                n,
+                config.frac_bits,
+                _DEALER_CODES[config.dealer],
+                _TRUNC_CODES[config.truncation],
+            ],
+            dtype=torch.int64,
+        )
+        for peer, theirs in enumerate(comm.all_gather(fingerprint, "setup.config")):
+            if theirs.shape != fingerprint.shape:
+                raise ProtocolError(
+                    f"party {rank}: party {peer} sent a malformed session fingerprint"
+                )
+            for name, mine, other in zip(
+                _FINGERPRINT_FIELDS, fingerprint.tolist(), theirs.tolist(), strict=True
+            ):
+                if mine != other:
+                    raise ProtocolError(
+                        f"party {rank}: party {peer} runs with {name} {other}, this party with {mine}"
+                    )
+
+        keys = KeyPair()
+        publics = [
+            bytes(t.numpy()) for t in comm.all_gather(_key_tensor(keys.public), "setup.keys")
+        ]
+        pair_secrets: dict[int, bytes] = {}
+        pair_prgs: dict[int, PRG] = {}
+        for peer in range(n):
+            if peer == rank:
+                continue
+            lo, hi = min(rank, peer), max(rank, peer)
+            secret = keys.shared_secret(publics[peer])
+            pair_secrets[peer] = secret
+            pair_prgs[peer] = PRG(
+                derive_seed(secret, f"pair/{lo}-{hi}", _pair_context(publics[lo], publics[hi]))
+            )
+
+        dealer: Dealer
+        if config.dealer == "ttp":
+            if not comm.has_dealer:
+                raise ProtocolError(
+                    f"party {rank}: dealer 'ttp' needs a dealer process; start with "
+                    "`crypten-lite launch --dealer` or choose dealer 'tfp' for tests"
+                )
+            comm.send(comm.dealer_rank, _key_tensor(keys.public), "setup.dealer_key")
+            dealer_public = bytes(comm.recv(comm.dealer_rank, "setup.dealer_key").numpy())
+            seed = derive_seed(
+                keys.shared_secret(dealer_public),
+                f"dealer/{rank}",
+                _pair_context(publics[rank], dealer_public),
+            )
+            dealer = TrustedThirdParty(rank, n, PRG(seed), comm)
+        else:
+            own_seed = fresh_seed() if rank == 0 else derive_seed(pair_secrets[0], f"tfp/{rank}")
+            streams = None
+            if rank == 0:
+                streams = [PRG(own_seed)] + [
+                    PRG(derive_seed(pair_secrets[i], f"tfp/{i}")) for i in range(1, n)
+                ]
+            dealer = TrustedFirstParty(rank, n, PRG(own_seed), streams)
+        return cls(
+            rank=rank,
+            world_size=n,
+            comm=comm,
+            config=config,
+            dealer=dealer,
+            local_prg=PRG(fresh_seed()),
+            _pair_prgs=pair_prgs,
+        )
+
+
+def dealer_setup(comm: Communicator) -> list[PRG]:
+    """The dealer's half of step 3 of :meth:`Party.setup`: one stream per party, by rank."""
+    keys = KeyPair()
+    publics = [bytes(comm.recv(r, "setup.dealer_key").numpy()) for r in range(comm.world_size)]
+    for r in range(comm.world_size):
+        comm.send(r, _key_tensor(keys.public), "setup.dealer_key")
+    return [
+        PRG(derive_seed(keys.shared_secret(pk), f"dealer/{r}", _pair_context(pk, keys.public)))
+        for r, pk in enumerate(publics)
+    ]
+
+
+def run_threads(
+    fn: Callable[..., T],
+    world_size: int,
+    *,
+    config: Config | None = None,
+    args: Sequence[Any] = (),
+    timeout_s: float = 120.0,
+) -> list[T]:
+    """Run ``fn(party, *args)`` as ``world_size`` parties in threads of this process.
+
+    The in-process transport, for fast tests: with ``config.dealer == "ttp"`` a dealer thread
+    serves correlated randomness as the dealer process would. If any party raises, the others
+    are woken with :class:`PartyFailedError` and the first failure is re-raised here.
+
+    Returns:
+        Each party's return value, by rank.
+    """
+    config = config or Config(transport="inproc", dealer="tfp", timeout_s=30.0)
+    with_dealer = config.dealer == "ttp"
+    hub = InProcessHub(world_size, has_dealer=with_dealer)
+    results: list[Any] = [None] * world_size
+    errors: list[tuple[int, BaseException]] = []
+    lock = threading.Lock()
+
+    def fail(who: int, exc: BaseException) -> None:
+        with lock:
+            errors.append((who, exc))
+        name = "the dealer" if who == world_size else f"party {who}"
+        hub.abort(f"{name} failed: {type(exc).__name__}: {exc}")
+
+    def party_main(rank: int) -> None:
+        try:
+            comm = hub.communicator(
+                rank, timeout_s=config.timeout_s, max_message_bytes=config.max_message_bytes
+            )
+            party = Party.setup(comm, config)
+            try:
+                results[rank] = fn(party, *args)
+            finally:
+                party.close()
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            fail(rank, exc)
+
+    def dealer_main() -> None:
+        try:
+            comm = hub.communicator(
+                world_size, timeout_s=config.timeout_s, max_message_bytes=config.max_message_bytes
+            )
+            serve_dealer(comm, dealer_setup(comm), idle_timeout_s=timeout_s)
+        except BaseException as exc:  # noqa: BLE001
+            fail(world_size, exc)
+
+    threads = [
+        threading.Thread(target=party_main, args=(r,), name=f"party-{r}", daemon=True)
+        for r in range(world_size)
+    ]
+    if with_dealer:
+        threads.append(threading.Thread(target=dealer_main, name="dealer", daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+        if t.is_alive():
+            hub.abort("the test run timed out")
+            raise PartyTimeoutError(f"{t.name} did not finish within {timeout_s:g} s")
+    if errors:
+        root = next((e for e in errors if not isinstance(e[1], PartyFailedError)), errors[0])
+        raise root[1]
+    return results
