@@ -37,6 +37,9 @@ LAYERS = {
     "crypten_lite.api": 5,
     "crypten_lite.serialization": 5,
     "crypten_lite.profiling": 5,
+    "crypten_lite.debug": 5,
+    "crypten_lite.encrypted": 5,
+    "crypten_lite.check": 5,
     "crypten_lite": 5,  # the package __init__
     "crypten_lite.launcher": 6,
 }
