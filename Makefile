@@ -10,6 +10,10 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: setup test lint demo bench clean
 
 $(STAMP): pyproject.toml Makefile
+	@# iproute2 (ip, tc) lets tests/e2e build simulated hosts; without it they skip with a reason.
+	@command -v ip >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2) >/dev/null 2>&1 || \
+		echo "note: could not install iproute2; the multi-host tests will skip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,examples]'

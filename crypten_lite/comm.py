@@ -85,10 +85,13 @@ class CommStats:
     header_bytes: int = 0
 
     def _tag(self, tag: str) -> OpStats:
-        key = tag.split("#", 1)[0]
-        stats = self.by_tag.get(key)
+        # Hot path (several calls per message): a dict hit for tags seen before.
+        stats = self.by_tag.get(tag)
         if stats is None:
-            stats = self.by_tag[key] = OpStats()
+            key = tag.split("#", 1)[0]
+            stats = self.by_tag.get(key)
+            if stats is None:
+                stats = self.by_tag[key] = OpStats()
         return stats
 
     def reset(self) -> None:
@@ -96,6 +99,22 @@ class CommStats:
         self.total = OpStats()
         self.by_tag = {}
         self.header_bytes = 0
+
+    def _on_send(self, tag: str, nbytes: int, header_bytes: int) -> None:
+        for stats in (self.total, self._tag(tag)):
+            stats.messages_sent += 1
+            stats.bytes_sent += nbytes
+        self.header_bytes += header_bytes
+
+    def _on_recv(self, tag: str, nbytes: int, waited: float) -> None:
+        for stats in (self.total, self._tag(tag)):
+            stats.messages_received += 1
+            stats.bytes_received += nbytes
+            stats.wait_s += waited
+
+    def _on_round(self, tag: str) -> None:
+        self.total.rounds += 1
+        self._tag(tag).rounds += 1
 
     def snapshot(self) -> CommStats:
         """An independent copy of the current counters."""
@@ -117,11 +136,6 @@ class CommStats:
                 f"{s.bytes_received:>14}{s.wait_s:>10.4f}"
             )
         return "\n".join(lines)
-
-    def _count(self, tag: str, **deltas: float) -> None:
-        for stats in (self.total, self._tag(tag)):
-            for name, delta in deltas.items():
-                setattr(stats, name, getattr(stats, name) + delta)
 
 
 class Communicator(ABC):
@@ -201,8 +215,7 @@ class Communicator(ABC):
         header = encode_header(self.rank, seq, tag, tensor.dtype, tuple(tensor.shape))
         payload = tensor_payload(tensor)
         self._post(dst, header, payload)
-        self.stats._count(tag, messages_sent=1, bytes_sent=payload.nbytes)
-        self.stats.header_bytes += len(header)
+        self.stats._on_send(tag, payload.nbytes, len(header))
 
     def _recv_one(self, src: int, tag: str) -> torch.Tensor:
         expected = self._recv_seq.get(src, 0)
@@ -222,12 +235,7 @@ class Communicator(ABC):
                 f"{self._name(header.sender)}"
             )
         self._recv_seq[src] = expected + 1
-        self.stats._count(
-            tag,
-            messages_received=1,
-            bytes_received=tensor.numel() * tensor.element_size(),
-            wait_s=waited,
-        )
+        self.stats._on_recv(tag, header.nbytes, waited)
         return tensor
 
     # ----------------------------------------------------------------- point to point
@@ -235,7 +243,7 @@ class Communicator(ABC):
         """Send one tensor to ``dst`` (a party or the dealer). One round."""
         self._check_peer(dst, "send to")
         self._send_one(dst, tensor, tag)
-        self.stats._count(tag, rounds=1)
+        self.stats._on_round(tag)
 
     def recv(self, src: int, tag: str) -> torch.Tensor:
         """Receive the next tensor from ``src``; it must carry ``tag``. One round.
@@ -246,7 +254,7 @@ class Communicator(ABC):
         """
         self._check_peer(src, "receive from")
         tensor = self._recv_one(src, tag)
-        self.stats._count(tag, rounds=1)
+        self.stats._on_round(tag)
         return tensor
 
     # ----------------------------------------------------------------- collectives
@@ -279,7 +287,7 @@ class Communicator(ABC):
                 peer, tensors if isinstance(tensors, torch.Tensor) else tensors[peer], tag
             )
         received = {peer: self._recv_one(peer, tag) for peer in targets}
-        self.stats._count(tag, rounds=1)
+        self.stats._on_round(tag)
         return received
 
     def broadcast(self, tensor: torch.Tensor | None, src: int, tag: str) -> torch.Tensor:
@@ -294,7 +302,7 @@ class Communicator(ABC):
             result = tensor
         else:
             result = self._recv_one(src, tag)
-        self.stats._count(tag, rounds=1)
+        self.stats._on_round(tag)
         return result
 
     def gather(self, tensor: torch.Tensor, dst: int, tag: str) -> list[torch.Tensor] | None:
@@ -308,7 +316,7 @@ class Communicator(ABC):
             ]
         else:
             self._send_one(dst, tensor, tag)
-        self.stats._count(tag, rounds=1)
+        self.stats._on_round(tag)
         return result
 
     def all_gather(self, tensor: torch.Tensor, tag: str) -> list[torch.Tensor]:

@@ -49,8 +49,12 @@ class LaunchError(CryptenLiteError, RuntimeError):
     """Starting or supervising the parties failed."""
 
 
-class UnsupportedOperationError(CryptenLiteError, TypeError):
-    """An operation has no secure implementation (it is never silently run on a share)."""
+class UnsupportedOperationError(CryptenLiteError, NotImplementedError, TypeError):
+    """An operation has no secure implementation (it is never silently run on a share).
+
+    Both a ``NotImplementedError`` (DESIGN.md §3) and a ``TypeError`` (the operand type does not
+    support the call), so either ``except`` catches it.
+    """
 
 
 class SecretLeakError(CryptenLiteError, RuntimeError):

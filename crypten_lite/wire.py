@@ -64,6 +64,8 @@ _DTYPES: dict[int, torch.dtype] = {
     10: torch.bfloat16,
 }
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
+# Bytes per element, computed once: asking torch per message costs microseconds on the hot path.
+_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in _DTYPES.values()}
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Header:
 
 def payload_nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     """Bytes of a C-contiguous tensor of this dtype and shape."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = _ITEMSIZE.get(dtype) or torch.empty((), dtype=dtype).element_size()
     return math.prod(shape) * itemsize
 
 
@@ -136,7 +138,7 @@ def decode_header(data: bytes | memoryview, max_payload_bytes: int) -> Header:
     if any(d < 0 for d in shape):
         raise ProtocolError(f"frame announces a negative dimension {shape}")
     # Python integers do not overflow: compute the size exactly before comparing.
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = _ITEMSIZE[dtype]
     if math.prod(shape) * itemsize > max_payload_bytes:
         raise ProtocolError(
             f"frame announces a {math.prod(shape) * itemsize}-byte tensor, more than the "
@@ -149,8 +151,36 @@ def decode_header(data: bytes | memoryview, max_payload_bytes: int) -> Header:
     return Header(sender=sender, seq=seq, tag=tag, dtype=dtype, shape=tuple(shape))
 
 
+_NUMPY_VIEWABLE = frozenset(
+    {
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.float64,
+        torch.float32,
+        torch.float16,
+    }
+)
+
+
 def tensor_payload(tensor: torch.Tensor) -> memoryview:
     """A zero-copy byte view of a tensor's data (a copy only if it is not contiguous)."""
+    if (
+        tensor.dtype in _NUMPY_VIEWABLE
+        and not tensor.requires_grad
+        and tensor.is_contiguous()
+        and tensor.device.type == "cpu"
+        and tensor.storage_offset() == 0
+        and type(tensor) is torch.Tensor
+    ):
+        # Fast path for the common case (two torch calls instead of five): shares are plain,
+        # contiguous CPU tensors. Empty tensors take the general path (numpy gives them zero
+        # strides, which a memoryview cannot cast).
+        if tensor.numel():
+            return memoryview(tensor.numpy()).cast("B")
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.device.type != "cpu":
         flat = flat.cpu()

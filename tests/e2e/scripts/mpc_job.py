@@ -1,0 +1,101 @@
+"""Party script of the end-to-end tests: secret-share, add, multiply, matmul, reveal.
+
+Run by ``crypten-lite launch`` (one host or many). Every party ``r`` owns a private vector
+``v_r`` (8 values in [-2, 2), from seed ``1000 + r``) and shares it. The parties compute
+
+* ``sum``: ``v_0 + ... + v_{N-1}`` (linear: exact, no truncation),
+* ``prod``: ``v_0 * v_1 * ... * v_{N-1}`` elementwise (N-1 Beaver products),
+* ``matmul``: ``v_0.view(2, 4) @ v_1.view(4, 2)``,
+
+reveal them and print one line ``RESULT {json}`` (each value rounded to 6 decimals), then
+``PEERS {json}``: the endpoint this party connected to for each other rank.
+
+Options:
+    --loop N: afterwards run N more multiplications, sleeping ``--sleep`` seconds between them;
+        prints ``LOOP pid=<pid>`` first (the fault tests kill processes during this loop).
+    Environment ``E2E_PROTOCOL_VERSION``: pretend to be a build speaking another protocol
+        version (the launcher offers no such switch; this simulates a mismatched install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+import crypten_lite
+import crypten_lite.party
+from crypten_lite.protocols import arithmetic
+from crypten_lite.protocols.sharing import reveal, share
+
+SIZE = 8
+
+
+def private_input(rank: int) -> torch.Tensor:
+    """Party ``rank``'s private vector (every party can compute any of them: for checking)."""
+    gen = torch.Generator().manual_seed(1000 + rank)
+    return torch.rand(SIZE, generator=gen) * 4 - 2
+
+
+def expected(world_size: int) -> dict[str, list[float]]:
+    """What the script computes, in plaintext torch (float64)."""
+    vs = [private_input(r).double() for r in range(world_size)]
+    prod = vs[0]
+    for v in vs[1:]:
+        prod = prod * v
+    return {
+        "sum": torch.stack(vs).sum(0).tolist(),
+        "prod": prod.tolist(),
+        "matmul": (vs[0].view(2, 4) @ vs[1].view(4, 2)).reshape(-1).tolist(),
+    }
+
+
+def _rounded(t: torch.Tensor | None) -> list[float]:
+    assert t is not None
+    return [round(float(v), 6) for v in t.reshape(-1).tolist()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--loop", type=int, default=0)
+    ap.add_argument("--sleep", type=float, default=0.05)
+    args = ap.parse_args()
+    version = os.environ.get("E2E_PROTOCOL_VERSION")
+    if version:
+        crypten_lite.party.PROTOCOL_VERSION = int(version)
+
+    party = crypten_lite.init()
+    n, rank = party.world_size, party.rank
+    shares = [
+        share(private_input(r) if r == rank else None, r, party, shape=(SIZE,)) for r in range(n)
+    ]
+    total = shares[0]
+    prod = shares[0]
+    for s in shares[1:]:
+        total = arithmetic.add(total, s)
+        prod = arithmetic.mul(prod, s, party)
+    mm = arithmetic.matmul(shares[0].view(2, 4), shares[1].view(4, 2), party)
+    result = {
+        "sum": _rounded(reveal(total, party, dtype=torch.float64)),
+        "prod": _rounded(reveal(prod, party, dtype=torch.float64)),
+        "matmul": _rounded(reveal(mm, party, dtype=torch.float64)),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    # Where this party's peers were reached (ZeroMQ transport only): proves the hosts.
+    peers = getattr(party.comm, "peer_endpoints", {})
+    print("PEERS " + json.dumps({str(r): ep for r, ep in peers.items()}), flush=True)
+
+    if args.loop:
+        print(f"LOOP pid={os.getpid()}", flush=True)
+        for _ in range(args.loop):
+            arithmetic.mul(shares[0], shares[1], party)
+            time.sleep(args.sleep)
+        print("LOOP done", flush=True)
+    crypten_lite.uninit()
+
+
+if __name__ == "__main__":
+    main()

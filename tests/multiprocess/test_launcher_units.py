@@ -1,0 +1,190 @@
+"""In-process checks of the launcher's parts: value codec, key derivation, rendezvous rules,
+environment parsing and ``launch()`` argument checks. No child processes, so they are fast."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import torch
+
+from crypten_lite.config import Config
+from crypten_lite.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    LaunchError,
+    PartyTimeoutError,
+    ProtocolError,
+)
+from crypten_lite.launcher.api import function_reference, launch
+from crypten_lite.launcher.codec import decode_value, encode_value
+from crypten_lite.launcher.connect import connect_from_env
+from crypten_lite.launcher.rendezvous import Coordinator, rendezvous
+from crypten_lite.launcher.security import COORDINATOR, Security, load_secret, rank_name
+from crypten_lite.launcher.session import ProcessEnv, intra_op_threads
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+# ----------------------------------------------------------------- codec
+def test_codec_round_trips_the_documented_types() -> None:
+    value = {
+        "none": None,
+        "flags": [True, False],
+        1: (2, 3.5, float("inf"), "text"),
+        "tensors": [torch.arange(6).reshape(2, 3), torch.tensor(1.5, dtype=torch.bfloat16)],
+        "empty": torch.empty(0, 4, dtype=torch.bool),
+    }
+    back = decode_value(encode_value(value))
+    assert back.keys() == value.keys()
+    assert back[1] == (2, 3.5, float("inf"), "text")
+    assert back["flags"] == [True, False] and back["none"] is None
+    for got, want in zip(back["tensors"], value["tensors"], strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert back["empty"].shape == (0, 4) and back["empty"].dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    "bad", [object(), {1, 2}, [b"bytes"], {(1, 2): 3}, torch.zeros(2, dtype=torch.complex64)]
+)
+def test_codec_refuses_what_would_need_pickle(bad: Any) -> None:
+    with pytest.raises(TypeError, match="args"):
+        encode_value(("ok", bad), where="args")
+
+
+@pytest.mark.parametrize("data", [b"", b"XXXX" + bytes(8), b"CLV1" + (100).to_bytes(8, "little")])
+def test_codec_rejects_malformed_files(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_value(data)
+
+
+# ----------------------------------------------------------------- keys and secrets
+def test_keys_are_derived_from_the_secret_and_differ_per_rank() -> None:
+    one, again, other = Security(SECRET, 2), Security(SECRET, 2), Security(SECRET[::-1], 2)
+    names = [rank_name(0), rank_name(1), rank_name(2), COORDINATOR]
+    keys = [one.public_key(n) for n in names]
+    assert len(set(keys)) == len(names)
+    assert keys == [again.public_key(n) for n in names]
+    assert not set(keys) & {other.public_key(n) for n in names}
+
+
+def test_short_or_missing_secrets_are_refused(tmp_path: Any) -> None:
+    with pytest.raises(ConfigurationError, match="at least 16"):
+        load_secret(path=None, value="short")
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_secret(path=tmp_path / "missing", value=None)
+    (tmp_path / "key").write_text(" " + "k" * 20 + "\n")
+    assert load_secret(path=tmp_path / "key", value=None) == b"k" * 20
+
+
+# ----------------------------------------------------------------- rendezvous
+def _hello(coordinator: Coordinator, security: Security, rank: int, **overrides: Any) -> Any:
+    kwargs = {
+        "coordinator": coordinator.endpoint,
+        "rank": rank,
+        "world_size": 2,
+        "has_dealer": False,
+        "transport": "tcp",
+        "endpoint": f"tcp://127.0.0.1:{1000 + rank}",
+        "security": security,
+        "timeout_s": 2.0,
+        **overrides,
+    }
+    try:
+        return rendezvous(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - returned for inspection
+        return exc
+
+
+def _run_hellos(security: Security, calls: list[dict[str, Any]]) -> list[Any]:
+    coordinator = Coordinator(
+        bind="tcp://127.0.0.1:*",
+        world_size=2,
+        has_dealer=False,
+        transport="tcp",
+        security=Security(SECRET, 2),
+        timeout_s=2.0,
+    )
+    coordinator.start()
+    results: list[Any] = [None] * len(calls)
+
+    def one(i: int) -> None:
+        results[i] = _hello(coordinator, security, **calls[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    coordinator.close()
+    return results
+
+
+def test_rendezvous_hands_out_the_table() -> None:
+    results = _run_hellos(Security(SECRET, 2), [{"rank": 0}, {"rank": 1}])
+    assert results[0] == results[1] == {0: "tcp://127.0.0.1:1000", 1: "tcp://127.0.0.1:1001"}
+
+
+def test_rendezvous_rejects_a_different_world_size() -> None:
+    results = _run_hellos(Security(SECRET, 3), [{"rank": 0}, {"rank": 1, "world_size": 3}])
+    assert any(isinstance(r, LaunchError) for r in results)
+    message = next(str(r) for r in results if isinstance(r, LaunchError))
+    assert "world_size 3" in message and "the coordinator with 2" in message
+
+
+def test_rendezvous_rejects_a_rank_that_arrives_twice() -> None:
+    results = _run_hellos(Security(SECRET, 2), [{"rank": 1}, {"rank": 1}])
+    assert all(isinstance(r, LaunchError) for r in results)
+    assert "party 1 arrived twice" in str(results[0])
+
+
+def test_rendezvous_names_the_missing_party() -> None:
+    (result,) = _run_hellos(Security(SECRET, 2), [{"rank": 0}])
+    assert isinstance(result, PartyTimeoutError)
+    assert "party 1 did not arrive within 2 s" in str(result)
+
+
+def test_rendezvous_with_another_secret_fails_authentication() -> None:
+    (result,) = _run_hellos(Security(b"another secret of 32 bytes......", 2), [{"rank": 0}])
+    assert isinstance(result, AuthenticationError)
+    assert "session secret differs" in str(result)
+
+
+# ----------------------------------------------------------------- environment and API checks
+def test_connect_outside_a_launched_process_explains_itself() -> None:
+    with pytest.raises(ConfigurationError, match="not started by `crypten-lite launch`"):
+        connect_from_env(Config(), environ={})
+
+
+def test_process_env_round_trips_and_validates() -> None:
+    env = ProcessEnv(
+        rank=2, world_size=2, role="dealer", coordinator="ipc:///x", has_dealer=True, run_dir="/r"
+    )
+    assert ProcessEnv.from_env(env.to_env()) == env
+    with pytest.raises(ConfigurationError, match="RANK=2"):
+        ProcessEnv.from_env({**env.to_env(), "CRYPTEN_LITE_ROLE": "party"})
+
+
+def test_threads_split_the_cores() -> None:
+    assert intra_op_threads(10_000) == 1
+    assert intra_op_threads(1, override=3) == 3
+
+
+def _module_level() -> None:
+    """A function other processes can import."""
+
+
+def test_launch_needs_an_importable_function() -> None:
+    ref = function_reference(_module_level)
+    assert ref["qualname"] == "_module_level" and ref["file"].endswith("test_launcher_units.py")
+    with pytest.raises(TypeError, match="module level"):
+        launch(lambda: None, 2)
+
+    def nested() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="module level"):
+        launch(nested, 2)
+    with pytest.raises(ConfigurationError, match="at least 2"):
+        launch(_module_level, 1)
