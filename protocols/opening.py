@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from crypten_lite.errors import ProtocolError
 from crypten_lite.party import Party
 
 __all__ = ["open_shares", "open_xor_shares"]
@@ -50,18 +51,24 @@ def _open(
     flat = _pack(shares)
     comm = party.comm
     if dst is None:
-        total = flat.clone()
-        for theirs in comm.exchange(flat, tag).values():
-            if xor:
-                total ^= theirs
-            else:
-                total += theirs
-        return _unpack(total, shares)
-    gathered = comm.gather(flat, dst, tag)
-    if gathered is None:
-        return None
-    total = gathered[0].clone()
-    for theirs in gathered[1:]:
+        received = list(comm.exchange(flat, tag).values())
+    else:
+        gathered = comm.gather(flat, dst, tag)
+        if gathered is None:
+            return None
+        received = [t for r, t in enumerate(gathered) if r != party.rank]
+    if not received:
+        return _unpack(flat.clone(), shares)
+    for theirs in received:
+        if theirs.dtype != flat.dtype or theirs.shape != flat.shape:
+            raise ProtocolError(
+                f"party {party.rank}: '{tag}' expected {flat.dtype} shares of shape "
+                f"{tuple(flat.shape)}, a peer sent {theirs.dtype} {tuple(theirs.shape)}"
+            )
+    # Received tensors own writable memory (wire.tensor_from_payload), so the sum accumulates
+    # into the first of them; ``flat`` may still be in flight (zero-copy send) and stays as is.
+    total = received[0]
+    for theirs in [flat, *received[1:]]:
         if xor:
             total ^= theirs
         else:

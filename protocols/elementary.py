@@ -1,0 +1,529 @@
+"""Layer L3: elementary functions of fixed-point sharings — exp, log, reciprocal, division,
+square root, inverse square root, powers, norms, sine and cosine.
+
+Round counts are for 2 parties (local truncation, no rounds of its own); with more parties
+every truncation is a dealer round (see each function). "ulp" is ``2**-f``. The error bounds
+quoted were measured against float64 on dense grids of the stated domains (2 and 3 parties,
+tests in ``tests/mpc/test_approx*.py``); they include the fixed-point rounding of the result.
+
+Two techniques carry most functions:
+
+* **Range reduction by squaring** (exp): ``exp(x) = exp(x / 64)**64``, the inner value from a
+  degree-4 polynomial computed at ``f + 6`` fractional bits, each squaring dropping one bit of
+  scale, so no step loses more than one final ulp.
+* **Normalisation** (reciprocal, sqrt, inv_sqrt, log): one comparison depth against the
+  thresholds ``16**i`` (``4**i`` for log) writes ``x = m * 2**e`` with ``m`` in ``[1, 16)``
+  (:func:`~crypten_lite.protocols.polynomial.normalize`, 4 rounds); a polynomial in ``m``,
+  refined by Newton steps where needed, then a public per-bucket factor ``2**(-e)``,
+  ``2**(e/2)``, ... applied in one product. CrypTen instead starts Newton's method from an
+  exp-based guess (reciprocal: 38 rounds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from crypten_lite.party import Party
+from crypten_lite.protocols.comparison import abs_and_sign
+from crypten_lite.protocols.polynomial import (
+    evaluate,
+    fit,
+    internal_scale,
+    mul_many,
+    normalize,
+    public_affine,
+    rescale,
+    scale_by_buckets,
+    square_many,
+)
+from crypten_lite.protocols.reduction import max_dim
+
+__all__ = [
+    "cos",
+    "div",
+    "exp",
+    "inv_sqrt",
+    "log",
+    "norm",
+    "pow",
+    "reciprocal",
+    "sin",
+    "sqrt",
+]
+
+Tensor = torch.Tensor
+_HI = 36  # normalisation covers ring values below 2**36: reals below 2**(36 - f)
+_EXP_SQUARINGS = 6
+
+
+def _exp64(t: Tensor) -> Tensor:
+    return torch.exp(t)
+
+
+def _recip(t: Tensor) -> Tensor:
+    return 1 / t
+
+
+def _rsqrt(t: Tensor) -> Tensor:
+    return t**-0.5
+
+
+def _sqrt(t: Tensor) -> Tensor:
+    return torch.sqrt(t)
+
+
+def _log(t: Tensor) -> Tensor:
+    return torch.log(t)
+
+
+def _sin(t: Tensor) -> Tensor:
+    return torch.sin(t)
+
+
+def _cos(t: Tensor) -> Tensor:
+    return torch.cos(t)
+
+
+def _buckets(
+    party: Party, lo: float | None, hi: float | None, step: int, top: int = _HI
+) -> tuple[list[int], int | None]:
+    """Ring lower bounds of the normalisation buckets, and the start of the ``above`` bucket.
+
+    Without a hint: buckets ``[2**(step*i), 2**(step*(i+1)))`` up to ``2**top`` (reals up to
+    ``2**(top - f)``), then ``above``. With a hint ``[lo, hi]`` (a promise): buckets start at
+    ``lo`` and grow by ``2**step`` until they cover ``hi``; no ``above`` threshold when ``hi``
+    is given. Bounds beyond ``2**22`` ring units fall back to powers of two (exact shifts).
+    """
+    f = party.frac_bits
+    ratio = float(1 << step)
+    if lo is None and hi is None:
+        k = top // step
+        return [1 << (step * i) for i in range(k)], 1 << (step * k)
+    lo_ring = max(1.0, (lo if lo is not None and lo > 0 else 0.0) * 2.0**f)
+    hi_ring = min(2.0**top, hi * 2.0**f) if hi is not None and hi > 0 else 2.0**top
+    hi_ring = max(hi_ring, lo_ring * 1.0000001)
+    k = max(1, math.ceil(math.log(hi_ring / lo_ring, ratio) - 1e-9))
+    if lo_ring * ratio ** (k - 1) > 2.0**22:
+        lo_bits = math.floor(math.log2(lo_ring))
+        k = max(1, math.ceil((math.log2(hi_ring) - lo_bits) / step - 1e-9))
+        bounds = [1 << (lo_bits + step * i) for i in range(k)]
+    else:
+        bounds = [max(1, math.ceil(lo_ring * ratio**i)) for i in range(k)]
+    above = None if hi is not None else 1 << top
+    return bounds, above
+
+
+# ---------------------------------------------------------------------------------- exp
+def exp(x: Tensor, party: Party) -> Tensor:
+    """``[exp(x)]`` by a degree-4 polynomial on ``x / 64`` and six squarings.
+
+    1. ``y = x / 64`` is ``x`` read at scale ``F = f + 6`` (no operation).
+    2. ``p(y)``, a relative-minimax degree-4 fit of ``exp`` on ``[-1/4, 1/4]`` (error
+       ``5e-7``), at scale ``F`` (2 rounds: ``y**2``, then ``y**3, y**4``).
+    3. Six squarings ``v <- v**2``, the ``j``-th truncating to scale ``F - j - 1``, ending at
+       ``f``.
+
+    Domain and error: for ``x`` in ``[-16, 8]``: relative error below ``1e-4`` where
+    ``exp(x) >= 1`` (measured ``8.5e-5``), absolute error below 2 ulps below that. On
+    ``[-4, 4]``, the benchmark domain: max absolute error ``2.1e-3`` at ``exp(4) = 54.6``
+    (CrypTen's limit method: 1.83, i.e. 3.5%). For ``x`` in ``[-160, -16]`` the result is below ``2**-16`` and within 2 ulps
+    of 0. Out of domain: ``x < -170`` makes the polynomial grow and the result is garbage;
+    ``x > 16`` overflows ``2**(47 - f)``-scale values (garbage). Between 8 and 16 the 2-party
+    local truncation of the last squaring fails with probability up to ``exp(x) * 2**-30`` per
+    element. Callers with unbounded inputs clamp first (softmax does).
+
+    Cost: 8 rounds (2 parties); each party sends ``16 + 16 + 6 * 8 = 80`` bytes per element to
+    each peer. More parties: one dealer truncation round per product layer, 16 rounds.
+    Security: semi-honest, as Beaver products and truncation.
+    Reference: range reduction ``exp(x) = exp(x/2**s)**(2**s)`` as in CrypTen (Knott et al.,
+    NeurIPS'21), here with a polynomial core instead of the ``(1 + x/2**s)`` limit.
+    """
+    f = party.frac_bits
+    s = _EXP_SQUARINGS
+    scale = f + s
+    coeffs = fit(_exp64, -0.25, 0.25, 4, True)
+    # p(y) = sum c_k t**k with t = 4y: rescale the coefficients to y directly.
+    c_y = [c * 4.0**k for k, c in enumerate(coeffs)]
+    (v,) = evaluate(x, [c_y], party, scale, scale, coeff_bits=14)
+    for j in range(s):
+        (v,) = square_many([v], party, scale - j + 1, tag="exp.square")
+    return v
+
+
+# ---------------------------------------------------------------------------------- reciprocal
+def _newton_reciprocal(
+    m: Tensor, y: Tensor, party: Party, scale: int, steps: int, sigma: Tensor | None = None
+) -> Tensor:
+    """``y <- y (2 - m y)`` (quadratic convergence); ``m`` at scale f, ``y`` at ``scale``.
+
+    With ``sigma`` (``+-1`` ring integers), the first step also forms ``sigma * y`` in its first
+    round and continues with it, so the result carries the sign at no extra round.
+    """
+    f = party.frac_bits
+    two = 2 << scale
+    for i in range(steps):
+        pairs = [(m, y)]
+        if i == 0 and sigma is not None:
+            pairs += [(y, sigma), (m, sigma)]  # (sigma m, sigma y) keeps m y, flips 1/m
+        outs = mul_many(pairs, party, [f, 0, 0][: len(pairs)], tag="recip.newton")
+        e = -outs[0]
+        if party.rank == 0:
+            e += two
+        if len(outs) > 1:
+            y, m = outs[1], outs[2]
+        (y,) = mul_many([(y, e)], party, scale, tag="recip.newton")
+    return y
+
+
+def _sigma(sign: Tensor, party: Party) -> Tensor:
+    """``1 - 2 s`` for arithmetic 0/1 shares ``s``."""
+    out = -2 * sign
+    if party.rank == 0:
+        out += 1
+    return out
+
+
+def reciprocal(
+    x: Tensor,
+    party: Party,
+    *,
+    positive: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Tensor:
+    """``[1 / x]``.
+
+    1. (Unless ``positive``) :func:`~crypten_lite.protocols.comparison.abs_and_sign`: ``|x|``
+       and ``s = [x < 0]`` (4 rounds).
+    2. :func:`~crypten_lite.protocols.polynomial.normalize` ``|x| = m * base``, ``m`` in
+       ``[1, 16)`` (4 rounds; skipped when the ``lo``/``hi`` hint spans at most a factor 16).
+    3. ``y0 = p(m)``, a degree-8 relative fit of ``1/m`` (error 2%, 3 rounds); two Newton steps
+       ``y <- y (2 - m y)`` (4 rounds) bring it below ``1e-6``.
+    4. ``1/x = y / base``: one product with the per-bucket public factors. The sign
+       ``1 - 2s`` joins ``y`` in the first Newton round (no round of its own).
+
+    Args:
+        positive: the caller promises ``x > 0``: no sign comparison.
+        lo, hi: optional domain hint, a promise that every ``|x|`` lies in ``[lo, hi]``: the
+            buckets then start at ``lo`` (growing by 16) and stop once they cover ``hi``,
+            without the saturation threshold above, so ``[0.5, 20]`` costs 2 thresholds
+            instead of 9. Inputs outside the promise get garbage.
+
+    Domain and error: ``|x|`` in ``[2**-16, 2**16)`` (ring values ``[1, 2**32)``, 8 buckets):
+    error at most ``2e-4 |1/x| + 2`` ulps (measured: relative ``1.4e-5`` where ``|1/x| >= 1``;
+    below that the fixed-point resolution dominates). ``x = 0`` returns ``2**16`` (saturation,
+    documented); ``|x| >= 2**16`` returns 0, within one ulp of ``1/x``. With ``positive``,
+    ``x <= 0`` returns ``2**16``. With 2 parties the local truncation behind results near
+    ``2**16`` fails with probability up to ``2**-22`` per element.
+
+    Cost (2 parties): 16 rounds (12 with ``positive``; 7 with a ``lo``/``hi`` hint within a
+    factor 16, 11 for signed inputs with it), about ``270`` bytes per element to each peer
+    (9 thresholds plus the sign's comparison; products).
+    Security: semi-honest; comparisons and products as in their modules.
+    Reference: normalisation plus Newton-Raphson as in Catrina and Dragulescu, "Secure division
+    with fixed-point numbers", and Aly and Smart (ACNS'19) for MPC reciprocals.
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    sigma = None
+    a = x
+    if not positive:
+        a, sign = abs_and_sign(x, party)
+        sigma = _sigma(sign, party)
+    if lo is not None and hi is not None and 0 < lo < hi <= 16 * lo:
+        # The hint bounds x: fit 1/x on [lo, hi] directly; saturation is the caller's promise.
+        coeffs = fit(_recip, float(lo), float(hi), 8, True)
+        t = public_affine(a, party, f, 2 / (hi - lo), -(hi + lo) / (hi - lo), scale)
+        (y,) = evaluate(t, [coeffs], party, scale, scale)
+        y = _newton_reciprocal(a, y, party, scale, 2, sigma)
+        return rescale(y, party, scale, f)
+    # above 2**(32 - f) = 2**16 the result is below one ulp: the top bucket returns 0
+    bounds, top = _buckets(party, lo, hi, 4, top=2 * party.frac_bits)
+    norm = normalize(a, party, bounds=bounds, top=top)
+    coeffs = fit(_recip, 1.0, 16.0, 8, True)
+    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    y = _newton_reciprocal(norm.mantissa, y, party, scale, 2, sigma)
+    factors = [float(1 << f), *[1 / b for b in norm.bases], 0.0]
+    return scale_by_buckets(y, norm.onehot, factors, party, scale)
+
+
+def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
+    """``[x / y]`` for sharings ``x`` and ``y``: ``x * reciprocal(y)``, one more product.
+
+    Domain: ``y`` as :func:`reciprocal`. Error: ``|x / y|`` times the reciprocal's relative
+    error, plus ``|x| * 2**-f`` from the reciprocal's rounding and one ulp.
+
+    Cost: reciprocal + 1 round, 16 more bytes per element to each peer.
+
+    Security: semi-honest, as :func:`reciprocal` and Beaver products.
+    Reference: as :func:`reciprocal`.
+    """
+    (out,) = mul_many([(x, reciprocal(y, party))], party, tag="div")
+    return out
+
+
+# ---------------------------------------------------------------------------------- roots
+def _newton_rsqrt(m: Tensor, y: Tensor, party: Party, scale: int, steps: int) -> Tensor:
+    """``y <- y (3 - m y**2) / 2`` in 2 rounds per step: ``m y`` and ``y**2`` together, then
+    their product."""
+    f = party.frac_bits
+    for _ in range(steps):
+        my, yy = mul_many([(m, y), (y, y)], party, [f, scale], tag="rsqrt.newton")
+        (myyy,) = mul_many([(my, yy)], party, scale, tag="rsqrt.newton")
+        y = rescale(3 * y - myyy, party, 1, 0)  # halve: one truncation bit
+    return y
+
+
+def inv_sqrt(
+    x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = None
+) -> Tensor:
+    """``[1 / sqrt(x)]`` for ``x > 0``.
+
+    1. Normalise ``x = m * 2**e`` (4 rounds).
+    2. ``y0``: degree-8 relative fit of ``m**-1/2`` on ``[1, 16]`` (error 4.5e-3, 3 rounds).
+    3. One Newton step ``y <- y (3 - m y**2) / 2`` (2 rounds): error below ``4e-5``.
+    4. Multiply by the per-bucket factor ``2**(-e/2)`` (1 round).
+
+    Args:
+        lo, hi: optional domain hint, a promise that every input lies in ``[lo, hi]``: the
+            buckets then start at ``lo`` (growing by 16) and stop once
+            they cover ``hi``, without the saturation threshold above, so ``[0.1, 20]`` costs
+            2 thresholds instead of 10. Inputs outside the promise get garbage.
+
+    Domain and error: ``x`` in ``[2**-16, 2**20)``: error at most ``1e-4 |result| + 2`` ulps
+    (measured relative ``4.6e-5`` where the result is at least 1). ``x <= 0`` returns ``2**8``
+    (saturation); ``x >= 2**20`` returns 0.
+
+    Cost (2 parties): 10 rounds; about ``250`` bytes per element to each peer (10 thresholds;
+    fewer with a hint).
+    Security: semi-honest. Reference: as :func:`reciprocal`.
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    bounds, top = _buckets(party, lo, hi, 4)
+    norm = normalize(x, party, bounds=bounds, top=top)
+    coeffs = fit(_rsqrt, 1.0, 16.0, 8, True)
+    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    y = _newton_rsqrt(norm.mantissa, y, party, scale, 1)
+    factors = [2.0 ** (f / 2), *[b**-0.5 for b in norm.bases], 0.0]
+    return scale_by_buckets(y, norm.onehot, factors, party, scale)
+
+
+def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = None) -> Tensor:
+    """``[sqrt(x)]`` for ``x >= 0``.
+
+    1. Normalise ``x = m * 2**e`` (4 rounds).
+    2. ``sqrt(m)``: degree-10 relative fit on ``[1, 16]`` (error ``1e-4``, 4 rounds).
+    3. Multiply by the per-bucket factor ``2**(e/2)`` (1 round).
+
+    Args:
+        lo, hi: optional domain hint, as for :func:`inv_sqrt`.
+
+    Domain and error: ``x`` in ``[2**-16, 2**20)``: error at most ``2e-4 |result| + 2`` ulps
+    (measured relative ``1.2e-4``; CrypTen ``4.7e-3`` on its benchmark domain). ``x <= 0``
+    returns 0; ``x >= 2**20`` returns ``2**10`` (saturation).
+
+    Cost (2 parties): 9 rounds (CrypTen: 18); about ``235`` bytes per element to each peer (10
+    thresholds; 2 for the hint ``[0.1, 20]``, about ``190`` bytes).
+    Security: semi-honest. Reference: as :func:`reciprocal`.
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    bounds, top = _buckets(party, lo, hi, 4)
+    norm = normalize(x, party, bounds=bounds, top=top)
+    coeffs = fit(_sqrt, 1.0, 16.0, 10, True)
+    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    top_real = (top if top is not None else 0) / 2.0**f
+    factors = [0.0, *[b**0.5 for b in norm.bases], top_real**0.5]
+    return scale_by_buckets(y, norm.onehot, factors, party, scale)
+
+
+# ---------------------------------------------------------------------------------- log
+def log(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = None) -> Tensor:
+    """``[ln(x)]`` for ``x > 0``.
+
+    1. Normalise ``x = m * 2**e`` with ``m`` in ``[1, 4)`` (thresholds ``4**i``; 4 rounds).
+    2. ``ln(m)``: degree-10 fit on ``[1, 4]`` (error ``1.5e-6``, 4 rounds).
+    3. Add the per-bucket public offset ``e ln 2`` (local).
+
+    Args:
+        lo, hi: optional domain hint, a promise that every input lies in ``[lo, hi]``: the
+            buckets then start at ``lo`` (growing by 4) and stop once they cover ``hi``,
+            without the saturation threshold above, so ``[0.9, 10]`` (log-softmax) costs 2
+            thresholds instead of 18. Inputs outside the promise get garbage.
+
+    Domain and error: ``x`` in ``[2**-16, 2**20)`` (or the hint): absolute error below
+    ``1e-4`` (measured ``3.4e-5``). Saturation: ``x <= 0`` returns ``-(f + 1) ln 2`` (about
+    -11.8 for ``f = 16``, below ``ln`` of the smallest positive value); without a hint, ``x``
+    above the range returns ``ln(2**20)``.
+
+    Cost (2 parties): 8 rounds; about ``110`` bytes per element to each peer (18 thresholds;
+    ``[0.9, 10]`` needs 4).
+    Security: semi-honest. Reference: as :func:`reciprocal`.
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    bounds, top = _buckets(party, lo, hi, 2)
+    norm = normalize(x, party, bounds=bounds, top=top)
+    coeffs = fit(_log, 1.0, 4.0, 10)
+    t = public_affine(norm.mantissa, party, f, 2 / 3, -5 / 3, scale)
+    (y,) = evaluate(t, [coeffs], party, scale, f)
+    ln2 = math.log(2.0)
+    top_log = math.log((top if top is not None else 1) / 2.0**f)
+    offsets = [-(f + 1) * ln2, *[math.log(b) for b in norm.bases], top_log]
+    view = (-1,) + (1,) * x.dim()
+    w = torch.tensor([round(o * (1 << f)) for o in offsets], dtype=torch.int64).view(view)
+    # special buckets have mantissa 1: ln(1) ~ 0 from the polynomial, replaced by the offset
+    return y + (norm.onehot * w).sum(0)
+
+
+# ---------------------------------------------------------------------------------- powers
+def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - torch's name
+    """``[x ** p]`` for a public exponent.
+
+    * integer ``p >= 0``: square-and-multiply, one round per bit of ``p`` (squarings and
+      partial products of one bit share a round); exact up to one ulp per product.
+    * negative integer ``p``: :func:`reciprocal` of ``x ** -p``.
+    * ``p`` a half-integer: ``x ** floor(p) * sqrt(x)`` (``x >= 0``).
+    * other ``p``: ``exp(p * log(x))`` for ``x > 0`` (domain of :func:`log`, and ``p ln x``
+      in the domain of :func:`exp`).
+
+    Cost: as the pieces used.
+
+    Security: semi-honest, as the pieces.
+    Reference: square-and-multiply; the rest as :func:`reciprocal`, :func:`sqrt`, :func:`exp`.
+    """
+    p = float(exponent)
+    f = party.frac_bits
+    if p.is_integer() and p >= 0:
+        k = int(p)
+        if k == 0:
+            return torch.full_like(x, 1 << f) if party.rank == 0 else torch.zeros_like(x)
+        result: Tensor | None = None
+        base = x
+        while True:
+            pairs = []
+            if k & 1 and result is not None:
+                pairs.append((result, base))
+            if k > 1:
+                pairs.append((base, base))
+            outs = mul_many(pairs, party, tag="pow")
+            if k & 1:
+                result = base if result is None else outs.pop(0)
+            k >>= 1
+            if not k:
+                break
+            base = outs.pop(0)
+        assert result is not None
+        return result.clone()
+    if p.is_integer():
+        return reciprocal(pow(x, -p, party), party)
+    if (2 * p).is_integer() and p > 0:
+        whole = int(math.floor(p))
+        root = sqrt(x, party)
+        if whole == 0:
+            return root
+        (out,) = mul_many([(pow(x, whole, party), root)], party, tag="pow")
+        return out
+    lx = log(x, party)
+    return exp(public_affine(lx, party, f, p, 0.0, f), party)
+
+
+def norm(
+    x: Tensor,
+    party: Party,
+    p: float = 2,
+    dim: int | None = None,
+    keepdim: bool = False,
+) -> Tensor:
+    """``[||x||_p]`` over ``dim`` (all elements when ``None``), for ``p`` in ``{1, 2, inf}``.
+
+    * ``p = 2``: ``sqrt(sum x**2)`` (one square round, then :func:`sqrt`: 10 rounds).
+    * ``p = 1``: ``sum |x|`` (one comparison: 4 rounds).
+    * ``p = inf``: ``max |x|`` (4 + 5 per tree level rounds).
+
+    Error: as :func:`sqrt` (``p = 2``), exact otherwise.
+
+    Cost: as the pieces named above.
+    Security: semi-honest, as the pieces.
+    Reference: as :func:`sqrt` and :mod:`crypten_lite.protocols.reduction`.
+    """
+    f = party.frac_bits
+    dims = tuple(range(x.dim())) if dim is None else (dim,)
+    if p == 2:
+        (sq,) = square_many([x], party, f, tag="norm")
+        total = sq.sum(dims, keepdim=keepdim)
+        return sqrt(total, party)
+    if p == 1:
+        a, _ = abs_and_sign(x, party)
+        return a.sum(dims, keepdim=keepdim)
+    if math.isinf(p) and p > 0:
+        a, _ = abs_and_sign(x, party)
+        flat = a if dim is not None else a.reshape(-1)
+        values, _ = max_dim(flat, party, dim if dim is not None else -1, keepdim)
+        return values
+    raise ValueError(f"party {party.rank}: norm supports p in (1, 2, inf), got {p}")
+
+
+# ---------------------------------------------------------------------------------- sin, cos
+def _sincos(x: Tensor, party: Party) -> tuple[Tensor, Tensor]:
+    """``(sin x, cos x)`` at scale ``f``.
+
+    1. Turns: ``z = x / (2 pi)`` with ``f + 24`` fractional bits, ``x * round(2**24 / 2pi)``.
+       Each party keeps its share modulo ``2**(f + 24)``: the shares then sum to
+       ``frac(z) + j`` for an integer ``0 <= j < N``, which leaves ``sin``/``cos`` unchanged.
+       Dropping the low 20 bits of each share leaves ``u`` turns at scale ``f + 4`` (error
+       below ``N`` units of ``2**-(f+4)`` turn).
+    2. Angle ``a = 2 pi u / 2**s`` with ``2 pi N / 2**s <= 0.4`` (``s = 5`` for 2 parties).
+    3. Taylor polynomials of degree 7 (sin) and 6 (cos) at scale ``f + 4`` (3 rounds).
+    4. ``s`` squarings of ``C + iS``: ``(S, C) <- (2 S C, C**2 - S**2)`` (one round each);
+       radial and angular errors both double per step (``2 C**2 - 1`` would quadruple them).
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    g = 24
+    turns = x * round((1 << g) / (2 * math.pi))
+    keep = (1 << (f + g)) - 1
+    u = (turns & keep) >> (f + g - scale)  # at scale f + 4; local: shares taken mod 2**(f+g)
+    n = party.world_size
+    s = max(1, math.ceil(math.log2(2 * math.pi * n / 0.4)))
+    angle = public_affine(u, party, scale, 2 * math.pi / (1 << s), 0.0, scale)
+    sin_c = [0.0, 1.0, 0.0, -1 / 6, 0.0, 1 / 120, 0.0, -1 / 5040]
+    cos_c = [1.0, 0.0, -0.5, 0.0, 1 / 24, 0.0, -1 / 720]
+    sv, cv = evaluate(angle, [sin_c, cos_c], party, scale, scale, coeff_bits=20)
+    for _ in range(s):
+        sc, cc, ss = mul_many([(sv, cv), (cv, cv), (sv, sv)], party, scale, tag="sincos.square")
+        sv, cv = sc << 1, cc - ss
+    return rescale(sv, party, scale, f), rescale(cv, party, scale, f)
+
+
+def sin(x: Tensor, party: Party) -> Tensor:
+    """``[sin(x)]`` for any ``x``.
+
+    Periodic reduction costs no communication (see :func:`_sincos`); then Taylor polynomials on
+    a small angle and ``s`` squarings of ``cos + i sin``.
+
+    Domain and error: any ``x``; absolute error below ``2.5e-4 + |x| * 2**-22`` (the last term
+    from encoding ``1 / 2pi``; measured ``1.1e-4`` (2 parties) and ``2e-4`` (3 parties) on
+    ``[-200, 200]``).
+
+    Cost (2 parties): 3 + 5 = 8 rounds (9 for 3 parties: one more squaring); ``~300`` bytes
+    per element to each peer. ``sin`` and ``cos`` come together; each function returns one.
+    Security: semi-honest; the reduction is local.
+    Reference: double-angle range extension, e.g. as used for MPC trigonometry in
+    Aly and Smart, ACNS'19.
+    """
+    return _sincos(x, party)[0]
+
+
+def cos(x: Tensor, party: Party) -> Tensor:
+    """``[cos(x)]`` for any ``x``: as :func:`sin` (same cost and error).
+
+    Cost, security and reference: as :func:`sin`.
+    """
+    return _sincos(x, party)[1]

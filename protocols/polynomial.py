@@ -1,0 +1,449 @@
+"""Layer L3: fixed-point building blocks of the approximations — batched products with chosen
+truncations, power ladders, polynomial evaluation, fitted coefficients, and normalisation of a
+positive value to a mantissa in ``[1, 2**step)`` times a power of two.
+
+Scales: a share "at scale ``S``" encodes ``v * 2**S``; the session's fixed-point scale is
+``f = party.frac_bits``. Internal computations run a few bits above ``f`` (``f + 4``) so that
+polynomial and Newton steps lose less than one output ulp, while every product stays below
+``2**42`` in the ring (2-party local truncation then fails with probability below ``2**-22`` per
+element and product, see :mod:`crypten_lite.protocols.truncation`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from crypten_lite.dealer import DealerRequest
+from crypten_lite.party import Party
+from crypten_lite.protocols.beaver import beaver
+from crypten_lite.protocols.comparison import sign_bits
+from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
+from crypten_lite.protocols.opening import open_shares
+from crypten_lite.protocols.truncation import resolve_method, truncate, truncate_local
+
+__all__ = [
+    "Normalized",
+    "evaluate",
+    "fit",
+    "internal_scale",
+    "mul_many",
+    "normalize",
+    "public_affine",
+    "rescale",
+    "scale_by_buckets",
+    "square_many",
+]
+
+Tensor = torch.Tensor
+EXTRA_BITS = 4
+
+
+def internal_scale(party: Party) -> int:
+    """The working scale of the approximations: ``f + 4`` bits.
+
+    Cost: none (a constant).
+
+    Security and reference: not applicable (a public constant).
+    """
+    return party.frac_bits + EXTRA_BITS
+
+
+def rescale(x: Tensor, party: Party, src: int, dst: int) -> Tensor:
+    """A sharing at scale ``src`` brought to scale ``dst`` (left shift, or truncation).
+
+    Cost: local for 2 parties; 1 dealer round with more (:func:`~crypten_lite.protocols.truncation.truncate`).
+    Security: as the truncation.
+
+    Reference: :mod:`crypten_lite.protocols.truncation`.
+    """
+    if dst >= src:
+        return x << (dst - src)
+    return truncate(x, party, src - dst)
+
+
+def _truncate_many(zs: list[Tensor], bits: list[int], party: Party) -> list[Tensor]:
+    """Truncate each ``zs[i]`` by ``bits[i]``: local, or one dealer round per distinct amount."""
+    if resolve_method(party) == "local":
+        return [truncate_local(z, party, b) if b else z for z, b in zip(zs, bits, strict=True)]
+    out: list[Tensor | None] = [None] * len(zs)
+    for b in sorted(set(bits)):
+        idx = [i for i, bi in enumerate(bits) if bi == b]
+        if b == 0:
+            for i in idx:
+                out[i] = zs[i]
+            continue
+        flat = torch.cat([zs[i].reshape(-1) for i in idx])
+        done = truncate(flat, party, b).split([zs[i].numel() for i in idx])  # type: ignore[no-untyped-call]
+        for i, t in zip(idx, done, strict=True):
+            out[i] = t.view(zs[i].shape)
+    return [t for t in out if t is not None]
+
+
+def mul_many(
+    pairs: Sequence[tuple[Tensor, Tensor]],
+    party: Party,
+    bits: int | Sequence[int] | None = None,
+    *,
+    tag: str = "approx.mul",
+) -> list[Tensor]:
+    """Products of several pairs in one Beaver round, each truncated by its ``bits``.
+
+    Args:
+        pairs: ``(x, y)`` shares (broadcasting within a pair).
+        bits: truncation per product (default ``f``); 0 keeps the full product.
+
+    Cost: 1 round, ``8 * (numel x + numel y)`` bytes per pair to each peer, plus one dealer
+    truncation round per distinct ``bits`` with more than 2 parties.
+
+    Security: semi-honest, as Beaver products and truncation.
+    Reference: Beaver, CRYPTO'91; Mohassel and Zhang, SecureML, S&P'17.
+    """
+    if not pairs:
+        return []
+    shapes = [torch.broadcast_shapes(x.shape, y.shape) for x, y in pairs]  # type: ignore[no-untyped-call]
+    xs = torch.cat([x.expand(s).reshape(-1) for (x, _), s in zip(pairs, shapes, strict=True)])
+    ys = torch.cat([y.expand(s).reshape(-1) for (_, y), s in zip(pairs, shapes, strict=True)])
+    z = beaver("mul", xs, ys, party, tag=tag)
+    chunks = z.split([math.prod(s) for s in shapes])  # type: ignore[no-untyped-call]
+    parts = [p.view(s) for p, s in zip(chunks, shapes, strict=True)]
+    f = party.frac_bits
+    if bits is None:
+        bits_list = [f] * len(pairs)
+    elif isinstance(bits, int):
+        bits_list = [bits] * len(pairs)
+    else:
+        bits_list = list(bits)
+    return _truncate_many(parts, bits_list, party)
+
+
+def square_many(
+    xs: Sequence[Tensor], party: Party, bits: int | Sequence[int], *, tag: str = "approx.square"
+) -> list[Tensor]:
+    """Squares of several sharings in one round with square pairs ``[a], [a*a]``.
+
+    ``[x*x] = [a*a] + e ([x] + [a])`` with the opened ``e = x - a``; then truncation.
+
+    Cost: 1 round, ``8 * numel`` bytes per tensor to each peer.
+
+    Security: semi-honest; ``a`` uniform, so ``e`` is uniform.
+    Reference: Beaver, CRYPTO'91 (square pairs).
+    """
+    items = party.dealer.fetch([DealerRequest("square", {"shape": list(x.shape)}) for x in xs])
+    opened = open_shares([x - a for x, (a, _) in zip(xs, items, strict=True)], party, tag=tag)
+    assert opened is not None
+    zs = [a2 + e * (x + a) for x, (a, a2), e in zip(xs, items, opened, strict=True)]
+    bits_list = [bits] * len(xs) if isinstance(bits, int) else list(bits)
+    return _truncate_many(zs, bits_list, party)
+
+
+def evaluate(
+    t: Tensor,
+    polys: Sequence[Sequence[float]],
+    party: Party,
+    scale_in: int,
+    scale_out: int,
+    *,
+    coeff_bits: int = 16,
+) -> list[Tensor]:
+    """Evaluate polynomials ``sum_k c_k t**k`` of one sharing ``t`` (at ``scale_in``) with
+    Estrin's scheme, returning each at ``scale_out``.
+
+    1. ``t**2`` (a square), then ``t**3, t**4`` (one round); degree <= 4 instead forms
+       ``t**2 * (c2 + c3 t + c4 t**2)`` in the second round.
+    2. Cubic blocks ``B_i = sum_{j<4} c_{4i+j} t**j`` are local (exact sums, one truncation).
+    3. Pairs of blocks merge as ``B_2i + u B_2i+1`` with ``u = t**4``, then ``u**2``, ...: one
+       round per level; blocks that are constants are scaled locally.
+
+    All polynomials share the powers and every round is one opening. Rounds: 0 (degree <= 1),
+    1 (2), 2 (3..4), 3 (5..7 and 8), 4 (9..15). Products: degree 12 takes 7 (a power ladder
+    takes 11).
+
+    Cost: the rounds above; ``8`` bytes per element for the square and ``16`` per other product to
+    each peer, plus one dealer truncation round per product round with more than 2 parties.
+    Security: semi-honest, as Beaver products.
+    Reference: Estrin, "Organization of computer systems", 1960; Paterson and Stockmeyer,
+    SIAM J. Comput. 1973 (fewer non-scalar products).
+    """
+    s = scale_in
+    deg = max(len(c) for c in polys) - 1
+    if deg <= 1:
+        return [_combine([t], c, party, s, scale_out, coeff_bits) for c in polys]
+    (t2,) = square_many([t], party, s, tag="poly.square")
+    if deg == 2:
+        return [_combine([t, t2], c, party, s, scale_out, coeff_bits) for c in polys]
+    if deg <= 4:
+        inner = [_combine([t, t2], list(c[2:]), party, s, s, coeff_bits) for c in polys]
+        prods = mul_many([(t2, q) for q in inner], party, s, tag="poly.estrin")
+        lows = [_combine([t], list(c[:2]), party, s, s, coeff_bits) for c in polys]
+        return [rescale(lo + p, party, s, scale_out) for lo, p in zip(lows, prods, strict=True)]
+    t3, t4 = mul_many([(t, t2), (t2, t2)], party, s, tag="poly.powers")
+    basis = [t, t2, t3]
+    out_blocks = []
+    for c in polys:
+        blocks: list[Tensor | float] = []
+        for i in range(0, len(c), 4):
+            chunk = list(c[i : i + 4])
+            if all(v == 0 for v in chunk[1:]):
+                blocks.append(chunk[0])  # a constant block: scaled locally later
+            else:
+                blocks.append(_combine(basis, chunk, party, s, s, coeff_bits))
+        out_blocks.append(blocks)
+    u = t4
+    while max(len(b) for b in out_blocks) > 1:
+        pairs: list[tuple[Tensor, Tensor]] = []
+        need_square = max(len(b) for b in out_blocks) > 2
+        for blocks in out_blocks:
+            for i in range(1, len(blocks), 2):
+                if isinstance(blocks[i], Tensor):
+                    pairs.append((u, blocks[i]))  # type: ignore[arg-type]
+        if need_square:
+            pairs.append((u, u))
+        prods = mul_many(pairs, party, s, tag="poly.estrin")
+        it = iter(prods)
+        merged_all = []
+        for blocks in out_blocks:
+            merged: list[Tensor | float] = []
+            for i in range(0, len(blocks), 2):
+                lo = blocks[i]
+                if i + 1 == len(blocks):
+                    merged.append(lo)
+                    continue
+                hi = blocks[i + 1]
+                part = next(it) if isinstance(hi, Tensor) else _scale(u, hi, party, s, coeff_bits)
+                merged.append(_add(lo, part, party, s))
+            merged_all.append(merged)
+        if need_square:
+            u = next(it)
+        out_blocks = merged_all
+    results = []
+    for (b,) in out_blocks:
+        val = b if isinstance(b, Tensor) else _constant(b, t, party, s)
+        results.append(rescale(val, party, s, scale_out))
+    return results
+
+
+def _combine(
+    basis: Sequence[Tensor],
+    coeffs: Sequence[float],
+    party: Party,
+    scale_in: int,
+    scale_out: int,
+    coeff_bits: int,
+) -> Tensor:
+    """``c_0 + sum_{k>=1} c_k basis[k-1]`` (basis at ``scale_in``), exact sum, one truncation."""
+    acc_scale = scale_in + coeff_bits
+    acc = torch.zeros_like(basis[0])
+    for b, c in zip(basis, coeffs[1:], strict=False):
+        w = round(c * (1 << coeff_bits))
+        if w:
+            acc += b * w
+    if party.rank == 0 and coeffs:
+        acc += round(coeffs[0] * (1 << acc_scale))
+    return rescale(acc, party, acc_scale, scale_out)
+
+
+def _scale(u: Tensor, c: float, party: Party, scale: int, coeff_bits: int) -> Tensor:
+    return rescale(u * round(c * (1 << coeff_bits)), party, scale + coeff_bits, scale)
+
+
+def _constant(c: float, like: Tensor, party: Party, scale: int) -> Tensor:
+    out = torch.zeros_like(like)
+    if party.rank == 0:
+        out += round(c * (1 << scale))
+    return out
+
+
+def _add(a: Tensor | float, b: Tensor, party: Party, scale: int) -> Tensor:
+    if isinstance(a, Tensor):
+        return a + b
+    return _constant(a, b, party, scale) + b
+
+
+def public_affine(
+    x: Tensor, party: Party, scale_x: int, a: float, b: float, scale_out: int
+) -> Tensor:
+    """``[a * x + b]`` for public reals ``a, b``, from scale ``scale_x`` to ``scale_out``.
+
+    Exact shift when ``a`` is a power of two and no truncation is needed; otherwise one
+    truncation of ``x * round(a * 2**g)`` with ``g = 20``.
+
+    Cost: local for 2 parties (one truncation).
+    Security: public operands only.
+
+    Reference: fixed-point scaling as in SecureML (Mohassel and Zhang, S&P'17).
+    """
+    mant, expo = math.frexp(a)
+    if mant == 0.5:  # a = 2**(expo - 1)
+        shift = expo - 1 + scale_out - scale_x
+        y = x << shift if shift >= 0 else truncate(x, party, -shift)
+    else:
+        g = 20
+        y = rescale(x * round(a * (1 << g)), party, scale_x + g, scale_out)
+    if party.rank == 0:
+        y = y + round(b * (1 << scale_out))
+    return y
+
+
+@functools.cache
+def fit(
+    fn: Callable[[Tensor], Tensor], lo: float, hi: float, degree: int, relative: bool = False
+) -> tuple[float, ...]:
+    """Coefficients ``c_k`` of ``p(t) = sum c_k t**k`` approximating ``fn(x)`` for
+    ``x = (lo + hi)/2 + (hi - lo)/2 * t``, ``t`` in ``[-1, 1]``.
+
+    Least squares on 2000 Chebyshev nodes, reweighted towards the minimax error (relative
+    error with ``relative``). Computed once per function and interval (float64).
+
+    Cost: none (public computation, cached).
+    Reference: Chebyshev-node least squares with Lawson reweighting towards minimax.
+
+    Security: public coefficients only.
+    """
+    n = 2000
+    j = torch.arange(n, dtype=torch.float64)
+    t = torch.cos(math.pi * (j + 0.5) / n)
+    xv = (lo + hi) / 2 + (hi - lo) / 2 * t
+    y = fn(xv)
+    vander = t.unsqueeze(1) ** torch.arange(degree + 1, dtype=torch.float64)
+    base = 1 / y.abs() if relative else torch.ones_like(y)
+    w = base.clone()
+    c = torch.zeros(degree + 1, dtype=torch.float64)
+    for _ in range(20):
+        c = torch.linalg.lstsq(vander * w[:, None], (y * w)[:, None]).solution[:, 0]
+        err = (vander @ c - y).abs() * base
+        w = w * (1 + 3 * err / err.max())
+    return tuple(float(v) for v in c)
+
+
+@dataclass(eq=False)
+class Normalized:
+    """``x = m * base`` per element, with the bucket of ``base`` one-hot.
+
+    Attributes:
+        mantissa: ``[m]`` at scale ``f``, in ``[1, ratio)`` inside the domain (1 in the
+            ``nonpos`` and ``above`` buckets).
+        onehot: arithmetic 0/1 shares ``(K + 2, ...)``: ``nonpos`` (``x <= 0``), buckets
+            ``0 .. K-1``, ``above`` (``x >= top``; an all-zero row without ``top``).
+        bases: the real lower bound of each bucket ``0 .. K-1`` (``x = m * base``).
+    """
+
+    mantissa: Tensor
+    onehot: Tensor
+    bases: list[float]
+
+
+def normalize(
+    x: Tensor, party: Party, *, bounds: Sequence[int], top: int | None = None
+) -> Normalized:
+    """Split a positive sharing into mantissa and bucket: ``x = m * base``, ``m`` in
+    ``[1, bounds[i+1] / bounds[i])``, with one comparison depth.
+
+    1. :func:`~crypten_lite.protocols.comparison.sign_bits` of ``x`` against ``1``,
+       ``bounds[1:]`` and ``top`` (ring values): one opening of ``x + r`` serves all of them
+       (3 rounds).
+    2. Bucket bits are XORs of neighbouring sign bits (local); one injection round turns them
+       into arithmetic one-hots and multiplies each by ``x`` (the opened ``x + r`` masks ``x``).
+    3. ``m = sum_i (x * onehot_i) / bounds[i]``: exact shifts when every bound is a power of
+       two, else a multiplication by ``round(2**38 / bounds[i])``; one truncation to scale ``f``.
+
+    Args:
+        bounds: increasing ring lower bounds of the buckets (bucket 0 also takes
+            ``[1, bounds[0])``); bucket ``i`` ends at ``bounds[i+1]``, the last at ``top``.
+        top: start of the ``above`` bucket (mantissa 1); ``None``: the last bucket is open (a
+            domain promise: its mantissa grows past the ratio for larger inputs).
+
+    Cost: 4 rounds; each party sends ``8 + 5 T + T / 8`` bytes per element to each peer for
+    ``T = len(bounds) + (top is not None)`` thresholds. Products stay below ``2**42``.
+    """
+    f = party.frac_bits
+    k = len(bounds)
+    thresholds: list[int | Tensor] = [1, *bounds[1:], *([top] if top is not None else [])]
+    sb = sign_bits(x, party, thresholds, mul=True, tag="normalize")
+    b = sb.bits  # b[i] = [x < t_i]
+    # nonpos, then bucket i = [t_i <= x < t_(i+1)]; without a top the last bucket is implicit
+    rows = torch.cat([b[:1], b[:-1] ^ b[1:]])
+    d_pub = open_masked_bits(rows, sb.rho, party, tag="normalize.b2a")
+    onehot = inject_masked(d_pub, sb.rho_a, party)
+    assert sb.r_rho is not None
+    n_pad = sb.c_pub.numel()
+    x_flat = F.pad(x.reshape(-1), (0, n_pad - x.numel()))
+    x_rho = sb.c_pub * sb.rho_a - sb.r_rho
+    x_on = d_pub * x_flat + (1 - 2 * d_pub) * x_rho  # [x * onehot_row]
+    if top is None:  # the open last bucket: what the other rows leave over
+        last = _one_minus(onehot.sum(0), party)
+        onehot = torch.cat([onehot, last.unsqueeze(0)])
+        x_on = torch.cat([x_on, (x_flat - x_on.sum(0)).unsqueeze(0)])
+    per_bucket = x_on[1 : k + 1]
+    if all(bd & (bd - 1) == 0 for bd in bounds):
+        scale = max(bd.bit_length() - 1 for bd in bounds)
+        shifts = torch.tensor([scale - (bd.bit_length() - 1) for bd in bounds]).unsqueeze(1)
+        big = (per_bucket << shifts).sum(0)  # m * 2**scale, below 2**(scale + step)
+    else:
+        scale = 38
+        weights = torch.tensor([round(2.0**scale / bd) for bd in bounds]).unsqueeze(1)
+        big = (per_bucket * weights).sum(0)
+    rows_sum = onehot[: k + 1].sum(0)
+    above = _one_minus(rows_sum, party) if top is not None else torch.zeros_like(rows_sum)
+    special = onehot[0] + above
+    m = rescale(big, party, scale, f) + (special << f)
+    full = torch.cat([onehot[: k + 1], above.unsqueeze(0)])
+    shape = x.shape
+    return Normalized(
+        mantissa=m[: sb.n].reshape(shape),
+        onehot=full[:, : sb.n].reshape(k + 2, *shape),
+        bases=[bd / 2.0**f for bd in bounds],
+    )
+
+
+def _one_minus(v: Tensor, party: Party) -> Tensor:
+    out = -v
+    if party.rank == 0:
+        out += 1
+    return out
+
+
+def scale_by_buckets(
+    v: Tensor,
+    onehot: Tensor,
+    factors: Sequence[float],
+    party: Party,
+    scale_v: int,
+    *,
+    add: Sequence[float] | None = None,
+) -> Tensor:
+    """``v * sum_i onehot_i * factors_i (+ sum_i onehot_i * add_i)`` at scale ``f``, one round.
+
+    The factors are split into a part >= 1 (encoded at scale 0 when they are powers of two,
+    else with as many fractional bits as keep the product below ``2**42``) and a part < 1
+    (encoded at scale 20), so neither product leaves ``2**42`` for results up to ``2**16``.
+
+    Cost: 1 round, ``32`` bytes per element to each peer.
+    Security: semi-honest, as Beaver products.
+    Reference: Beaver, CRYPTO'91.
+    """
+    f = party.frac_bits
+    big = [fa if abs(fa) >= 1 else 0.0 for fa in factors]
+    small = [fa if abs(fa) < 1 else 0.0 for fa in factors]
+    exact = all(b == 0 or math.frexp(abs(b))[0] == 0.5 for b in big)
+    # v (at scale_v, |v| < 4) times the factor stays below 2**42
+    largest = max([abs(b) for b in big] + [1.0])
+    sb_bits = 0 if exact else max(0, min(20, 40 - scale_v - math.ceil(math.log2(largest))))
+    w_big = torch.tensor([round(b * (1 << sb_bits)) for b in big], dtype=torch.int64)
+    w_small = torch.tensor([round(s * (1 << 20)) for s in small], dtype=torch.int64)
+    view = (-1,) + (1,) * (onehot.dim() - 1)
+    s_big = (onehot * w_big.view(view)).sum(0)
+    s_small = (onehot * w_small.view(view)).sum(0)
+    hi_part, lo_part = mul_many(
+        [(v, s_big), (v, s_small)], party, [scale_v + sb_bits - f, scale_v + 20 - f]
+    )
+    out = hi_part + lo_part
+    if add is not None:
+        w_add = torch.tensor([round(a * (1 << f)) for a in add], dtype=torch.int64)
+        out = out + (onehot * w_add.view(view)).sum(0)
+    return out

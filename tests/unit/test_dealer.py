@@ -1,0 +1,218 @@
+"""Dealer items reconstruct correctly for both dealers; fixed masks; request validation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from crypten_lite.comm import InProcessHub
+from crypten_lite.dealer import (
+    Dealer,
+    DealerRequest,
+    DealerStore,
+    TrustedFirstParty,
+    TrustedThirdParty,
+    dealer_corrections,
+    serve_dealer,
+)
+from crypten_lite.errors import ProtocolError
+from crypten_lite.prg import PRG
+from crypten_lite.ring import bilinear, logical_rshift, msb
+
+Shares = list[list[torch.Tensor]]
+
+
+def seeds(n: int) -> list[bytes]:
+    return [bytes([i + 1]) * 32 for i in range(n)]
+
+
+def tfp_dealers(n: int) -> list[Dealer]:
+    s = seeds(n)
+    return [
+        TrustedFirstParty(r, n, PRG(s[r]), [PRG(x) for x in s] if r == 0 else None)
+        for r in range(n)
+    ]
+
+
+def with_dealers(kind: str, n: int, fn: Callable[[Dealer], object]) -> list[object]:
+    """Run ``fn(dealer)`` for each party: tfp in this thread, ttp with a dealer thread."""
+    if kind == "tfp":
+        return [fn(d) for d in tfp_dealers(n)]
+    hub = InProcessHub(n, has_dealer=True)
+    s = seeds(n)
+    dealer_comm = hub.communicator(n, timeout_s=5)
+    server = threading.Thread(
+        target=serve_dealer, args=(dealer_comm, [PRG(x) for x in s]), daemon=True
+    )
+    server.start()
+    out: list[object] = [None] * n
+    for r in reversed(range(n)):  # party 0 last: it alone talks to the dealer
+        d = TrustedThirdParty(r, n, PRG(s[r]), hub.communicator(r, timeout_s=5))
+        out[r] = fn(d)
+        d.close()
+    server.join(5)
+    assert not server.is_alive()
+    return out
+
+
+def total(parts: Sequence[torch.Tensor], xor: bool = False) -> torch.Tensor:
+    acc = parts[0].clone()
+    for p in parts[1:]:
+        acc = acc ^ p if xor else acc + p
+    return acc
+
+
+@pytest.mark.parametrize("kind", ["tfp", "ttp"])
+@pytest.mark.parametrize("n", [2, 3])
+def test_items_reconstruct(kind: str, n: int) -> None:
+    conv = {"stride": 2, "padding": 1}
+
+    def fetch(d: Dealer) -> Shares:
+        return d.fetch(
+            [
+                DealerRequest("triple", {"op": "mul", "a_shape": [3, 1], "b_shape": [1, 4]}),
+                DealerRequest(
+                    "triple",
+                    {
+                        "op": "conv2d",
+                        "a_shape": [1, 2, 6, 6],
+                        "b_shape": [3, 2, 3, 3],
+                        "op_params": conv,
+                    },
+                ),
+                DealerRequest("square", {"shape": [5]}),
+                DealerRequest("binary_triple", {"shape": [5]}),
+                DealerRequest("trunc", {"shape": [100], "frac_bits": 16}),
+                DealerRequest("edabits", {"shape": [5]}),
+                DealerRequest("random_bits", {"shape": [200]}),
+            ]
+        )
+
+    per_party = with_dealers(kind, n, fetch)
+    items = list(zip(*per_party, strict=True))  # item -> per-party component lists
+
+    def comp(item: int, c: int, xor: bool = False) -> torch.Tensor:
+        return total([p[c] for p in items[item]], xor)
+
+    a, b, c = comp(0, 0), comp(0, 1), comp(0, 2)
+    assert c.shape == (3, 4) and torch.equal(c, a * b)
+    a, b, c = comp(1, 0), comp(1, 1), comp(1, 2)
+    assert torch.equal(c, bilinear("conv2d", a, b, conv))
+    a, a2 = comp(2, 0), comp(2, 1)
+    assert torch.equal(a2, a * a)
+    a, b, c = comp(3, 0, True), comp(3, 1, True), comp(3, 2, True)
+    assert torch.equal(c, a & b)
+    r, r_hi, r_msb = comp(4, 0), comp(4, 1), comp(4, 2)
+    assert torch.equal(r_hi, logical_rshift(r, 16)) and torch.equal(r_msb, msb(r))
+    assert 20 < int(r_msb.sum()) < 80
+    rx, ra = comp(5, 0, True), comp(5, 1)
+    assert torch.equal(rx, ra)
+    bx, ba = comp(6, 0, True), comp(6, 1)
+    assert torch.equal(bx, ba) and set(ba.unique().tolist()) == {0, 1}
+    # masks look uniform: no party's share equals the value
+    assert not torch.equal(items[0][0][0], comp(0, 0))
+
+
+@pytest.mark.parametrize("kind", ["tfp", "ttp"])
+def test_fixed_masks(kind: str) -> None:
+    def fetch(d: Dealer) -> tuple:
+        h, b = d.fixed_mask((4, 3))
+        m1, c1 = d.fixed_triple("matmul", (2, 4), (4, 3), h)
+        m2, c2 = d.fixed_triple("matmul", (5, 4), (4, 3), h)
+        h2, b2 = d.fixed_mask((2, 2))
+        m3, c3 = d.fixed_triple("mul", (2, 2), (2, 2), h2, fixed="a")
+        d.release_fixed(h)
+        # the release rides along with the next request
+        extra = d.get("square", shape=[1])
+        return h, b, m1, c1, m2, c2, h2, b2, m3, c3, extra
+
+    parts = with_dealers(kind, 3, fetch)
+    assert [p[0] for p in parts] == [0, 0, 0] and [p[6] for p in parts] == [1, 1, 1]
+
+    def tot(i: int) -> torch.Tensor:
+        return total([p[i] for p in parts])
+
+    b = tot(1)
+    assert torch.equal(tot(3), tot(2) @ b)
+    assert torch.equal(tot(5), tot(4) @ b)
+    assert torch.equal(tot(9), tot(7) * tot(8))
+
+
+def test_store_rejects_unknown_released_and_mismatched_masks() -> None:
+    store = DealerStore()
+    streams = [PRG(s) for s in seeds(2)]
+    dealer_corrections(streams, DealerRequest("fixed_mask", {"id": 0, "shape": [2]}), store)
+    assert len(store) == 1
+    with pytest.raises(ProtocolError, match="already"):
+        dealer_corrections(streams, DealerRequest("fixed_mask", {"id": 0, "shape": [2]}), store)
+    bad_shape = DealerRequest(
+        "fixed_triple",
+        {"op": "mul", "a_shape": [3], "b_shape": [3], "id": 0, "fixed": "b"},
+    )
+    with pytest.raises(ProtocolError, match="shape"):
+        dealer_corrections(streams, bad_shape, store)
+    dealer_corrections(streams, DealerRequest("fixed_release", {"id": 0}), store)
+    assert len(store) == 0
+    unknown = DealerRequest(
+        "fixed_triple", {"op": "mul", "a_shape": [2], "b_shape": [2], "id": 0, "fixed": "b"}
+    )
+    with pytest.raises(ProtocolError, match="no fixed mask"):
+        dealer_corrections(streams, unknown, store)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        DealerRequest("nope", {}),
+        DealerRequest("square", {"shape": [-1]}),
+        DealerRequest("square", {"shape": "abc"}),
+        DealerRequest("triple", {"op": "matmul", "a_shape": [2, 3], "b_shape": [4, 5]}),
+        DealerRequest("triple", {"op": "exp", "a_shape": [2], "b_shape": [2]}),
+        DealerRequest("square", {"shape": [1 << 20, 1 << 12]}),
+        DealerRequest("fixed_mask", {"id": -1, "shape": [2]}),
+        DealerRequest(
+            "fixed_triple", {"op": "mul", "a_shape": [1], "b_shape": [1], "id": 0, "fixed": "c"}
+        ),
+    ],
+)
+def test_invalid_requests_are_protocol_errors(request_: DealerRequest) -> None:
+    with pytest.raises(ProtocolError):
+        dealer_corrections([PRG(s) for s in seeds(2)], request_, DealerStore())
+
+
+def test_request_json_round_trip_and_malformed() -> None:
+    r = DealerRequest("trunc", {"shape": [2], "frac_bits": 16})
+    assert DealerRequest.from_json(r.to_json()) == r
+    with pytest.raises(ProtocolError):
+        DealerRequest.from_json(["not", "a", "dict"])
+
+
+def test_tfp_party0_needs_every_stream() -> None:
+    with pytest.raises(ValueError):
+        TrustedFirstParty(0, 2, PRG(seeds(1)[0]), None)
+
+
+@pytest.mark.parametrize("kind", ["tfp", "ttp"])
+def test_batches_complete_in_any_order(kind: str) -> None:
+    def fetch(d: Dealer) -> list[list[torch.Tensor]]:
+        first = d.request([DealerRequest("square", {"shape": [3]})])
+        second = d.request(
+            [
+                DealerRequest("triple", {"op": "mul", "a_shape": [2], "b_shape": [2]}),
+                DealerRequest("trunc", {"shape": [4], "frac_bits": 5}),
+            ]
+        )
+        assert len(second) == 2 and len(second.free(0)) == 2 and len(second.free(1)) == 1
+        late = second.items()  # completes `first` on the way
+        return [*late, first.item(0)]
+
+    parts = with_dealers(kind, 3, fetch)
+    a, b, c = (total([p[0][i] for p in parts]) for i in range(3))
+    assert torch.equal(c, a * b)
+    r, r_hi = total([p[1][0] for p in parts]), total([p[1][1] for p in parts])
+    assert torch.equal(r_hi, logical_rshift(r, 5))
+    s, s2 = total([p[2][0] for p in parts]), total([p[2][1] for p in parts])
+    assert torch.equal(s2, s * s)
