@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from importlib.metadata import entry_points
@@ -55,9 +56,21 @@ def init(config: Config | None = None) -> Party:
         return party
     config = config or config_from_env()
     comm = _plugin("connect")(config)
-    party = Party.setup(comm, config)
+    try:
+        party = Party.setup(comm, config)
+    except BaseException:
+        # Let the messages already queued (this party's session fingerprint, say) reach the
+        # peers, so the party that did not fail can name the cause; but never wait long.
+        _close_briefly(comm, 1.0)
+        raise
     _current.set(party)
     return party
+
+
+def _close_briefly(comm: Any, timeout_s: float) -> None:
+    closer = threading.Thread(target=comm.close, name="crypten-lite-close", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
 
 
 def is_initialized() -> bool:

@@ -32,6 +32,7 @@ LAYERS = {
     "crypten_lite.party": 2,
     "crypten_lite.protocols": 3,
     "crypten_lite.tensor": 4,
+    "crypten_lite.binary": 4,
     "crypten_lite.ops": 4,
     "crypten_lite.nn": 5,
     "crypten_lite.api": 5,

@@ -1,0 +1,269 @@
+"""Layer L5: making, storing and unmaking encrypted tensors and models.
+
+CrypTen's names: :func:`cryptensor` secret-shares a party's tensor, :func:`load_from_party` a
+party's file, :func:`encrypt_module` a whole ``torch.nn.Module`` (parameters and buffers, in
+place). :func:`save`/:func:`load` store *this party's shares* in a safetensors file (never pickle)
+with a header that names the party, the session shape and the encoding, so a share file cannot be
+loaded into the wrong slot unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import crypten_lite.binary  # noqa: F401 - registers the A2B conversion
+import crypten_lite.ops  # noqa: F401 - fills the op table
+from crypten_lite.api import get_party
+from crypten_lite.errors import ConfigurationError
+from crypten_lite.party import Party
+from crypten_lite.protocols.sharing import share
+from crypten_lite.tensor import MPCTensor, is_encrypted, ptype
+
+_PType = ptype
+
+__all__ = [
+    "cryptensor",
+    "decrypt_module",
+    "encrypt_module",
+    "is_encrypted",
+    "load",
+    "load_from_party",
+    "save",
+]
+
+_FORMAT = "crypten_lite.shares/1"
+
+
+def cryptensor(
+    tensor: Any = None,
+    src: int = 0,
+    *,
+    requires_grad: bool = False,
+    shape: tuple[int, ...] | None = None,
+    ptype: ptype = ptype.arithmetic,
+    party: Party | None = None,
+) -> Any:
+    """Secret-share party ``src``'s ``tensor`` among all parties (CrypTen's ``cryptensor``).
+
+    Every party calls it; only ``src``'s ``tensor`` is used (the others may pass ``None`` or a
+    placeholder). Unless every party passes the same ``shape``, ``src`` broadcasts the shape
+    first (one small round).
+
+    Args:
+        tensor: real numbers (any float or integer dtype), encoded with ``f`` fractional bits.
+        requires_grad: make the result an autograd leaf that requires grad.
+        ptype: ``ptype.binary`` returns a XOR-shared ``BinaryMPCTensor`` instead.
+
+    Returns:
+        An :class:`~crypten_lite.tensor.MPCTensor` (float32 logical dtype).
+    """
+    party = party or get_party()
+    value = None
+    if party.rank == src:
+        if tensor is None:
+            raise ValueError(f"party {party.rank}: the source party of cryptensor() needs a tensor")
+        value = torch.as_tensor(tensor).detach()
+        if value.dtype == torch.bool:
+            value = value.to(torch.int64)
+        if value.is_floating_point():
+            value = value.to(torch.float64)
+    ring = share(value, src, party, shape=shape)
+    out = MPCTensor(ring, party, requires_grad=requires_grad)
+    if ptype == _PType.binary:
+        return out.to_binary()
+    return out
+
+
+def _is_float(t: torch.Tensor) -> bool:
+    return t.is_floating_point()
+
+
+def encrypt_module(module: torch.nn.Module, src: int = 0, *, party: Party | None = None) -> Any:
+    """Secret-share ``src``'s parameters and floating buffers of ``module``, in place.
+
+    Every party calls it with a module of the same architecture (only ``src``'s values are
+    used; shapes come from each party's own module, so no shapes travel). Parameters stay
+    ``nn.Parameter`` s with their ``requires_grad``; tied parameters stay tied. Integer buffers
+    (``num_batches_tracked``) stay public.
+
+    Returns:
+        ``module`` (for chaining).
+    """
+    party = party or get_party()
+    done: dict[int, Any] = {}
+
+    def encrypt(t: torch.Tensor) -> MPCTensor:
+        ring = share(t.detach() if party.rank == src else None, src, party, shape=tuple(t.shape))
+        return MPCTensor(ring, party)
+
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is None or is_encrypted(p):
+                continue
+            if id(p) not in done:
+                done[id(p)] = torch.nn.Parameter(encrypt(p), requires_grad=p.requires_grad)
+            sub._parameters[name] = done[id(p)]
+        for name, b in list(sub._buffers.items()):
+            if b is None or is_encrypted(b) or not _is_float(b):
+                continue
+            if id(b) not in done:
+                done[id(b)] = encrypt(b)
+            sub._buffers[name] = done[id(b)]
+    return module
+
+
+def _open(t: Any, dst: int | None) -> torch.Tensor | None:
+    assert isinstance(t, MPCTensor)
+    return t.get_plain_text(dst)
+
+
+def decrypt_module(module: torch.nn.Module, dst: int | None = None) -> torch.nn.Module:
+    """Open the encrypted parameters and buffers of ``module`` in place (inverse of
+    :func:`encrypt_module`). With ``dst``, only that party learns them; the others keep theirs
+    encrypted. Cost: one round per tensor."""
+    done: dict[int, Any] = {}
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is None or not is_encrypted(p):
+                continue
+            if id(p) not in done:
+                plain = _open(p, dst)
+                done[id(p)] = (
+                    p if plain is None else torch.nn.Parameter(plain, requires_grad=p.requires_grad)
+                )
+            sub._parameters[name] = done[id(p)]
+        for name, b in list(sub._buffers.items()):
+            if b is None or not is_encrypted(b):
+                continue
+            if id(b) not in done:
+                plain = _open(b, dst)
+                done[id(b)] = b if plain is None else plain
+            sub._buffers[name] = done[id(b)]
+    return module
+
+
+# --------------------------------------------------------------------------- share files
+
+
+def save(obj: MPCTensor | Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write this party's shares to ``path`` (safetensors; no pickle).
+
+    ``obj`` is one encrypted tensor or a mapping name -> tensor (a ``state_dict``), in which
+    plain tensors are stored as public values. The file header records the format, this
+    party's rank, the world size, ``f`` and each entry's logical dtype; :func:`load` checks
+    them. Every party saves its own file.
+    """
+    single = isinstance(obj, torch.Tensor)
+    items: Mapping[str, Any] = {"tensor": obj} if isinstance(obj, torch.Tensor) else obj
+    party: Party | None = None
+    tensors: dict[str, torch.Tensor] = {}
+    kinds: dict[str, str] = {}
+    for name, t in items.items():
+        if is_encrypted(t):
+            party = party or t.party
+            tensors[name] = t.share.detach().contiguous().clone()
+            kinds[name] = f"secret:{str(t.dtype).removeprefix('torch.')}"
+        elif isinstance(t, torch.Tensor):
+            tensors[name] = t.detach().contiguous().clone()
+            kinds[name] = "public"
+        else:
+            raise TypeError(f"save: entry {name!r} is a {type(t).__name__}, not a tensor")
+    party = party or get_party()
+    meta = {
+        "format": _FORMAT,
+        "rank": str(party.rank),
+        "world_size": str(party.world_size),
+        "frac_bits": str(party.frac_bits),
+        "single": "1" if single else "0",
+        "kinds": json.dumps(kinds),
+    }
+    save_file(tensors, os.fspath(path), metadata=meta)
+
+
+def load(path: str | os.PathLike[str], *, party: Party | None = None) -> Any:
+    """Read a share file written by :func:`save` on this party.
+
+    Raises:
+        ConfigurationError: the file is not a share file, or belongs to another rank, world
+            size or precision.
+    """
+    party = party or get_party()
+    with safe_open(os.fspath(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != _FORMAT:
+        raise ConfigurationError(f"party {party.rank}: {path} is not a crypten_lite share file")
+    for key, mine in (
+        ("rank", party.rank),
+        ("world_size", party.world_size),
+        ("frac_bits", party.frac_bits),
+    ):
+        if meta.get(key) != str(mine):
+            raise ConfigurationError(
+                f"party {party.rank}: share file {path} was written with {key} {meta.get(key)}, "
+                f"this party has {mine}"
+            )
+    kinds = json.loads(meta["kinds"])
+    raw = load_file(os.fspath(path))
+    out: dict[str, Any] = {}
+    for name, kind in kinds.items():
+        t = raw[name]
+        if kind.startswith("secret:"):
+            dtype = getattr(torch, kind.split(":", 1)[1])
+            out[name] = MPCTensor(t, party, dtype=dtype)
+        else:
+            out[name] = t
+    return out["tensor"] if meta.get("single") == "1" else out
+
+
+def _read_plain(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".npy"):
+        return {"tensor": torch.from_numpy(np.load(path, allow_pickle=False))}
+    return load_file(path)
+
+
+def load_from_party(
+    path: str | os.PathLike[str] | None,
+    src: int = 0,
+    *,
+    requires_grad: bool = False,
+    party: Party | None = None,
+) -> Any:
+    """Party ``src`` reads a plaintext file and secret-shares its tensors (CrypTen's name).
+
+    The file is a safetensors file (or a ``.npy`` array, read with ``allow_pickle=False``); the
+    other parties pass any ``path`` (ignored). ``src`` broadcasts the names and shapes first.
+
+    Returns:
+        One :class:`MPCTensor` if the file holds one tensor, else a dict name -> tensor.
+    """
+    party = party or get_party()
+    plain: dict[str, torch.Tensor] = {}
+    header: torch.Tensor | None = None
+    if party.rank == src:
+        if path is None:
+            raise ValueError(f"party {party.rank}: load_from_party needs a path on the source")
+        plain = _read_plain(os.fspath(path))
+        layout = json.dumps({k: list(v.shape) for k, v in plain.items()}).encode()
+        header = torch.frombuffer(bytearray(layout), dtype=torch.uint8)
+    size = party.comm.broadcast(
+        None if header is None else torch.tensor([header.numel()]), src, "load_from_party.size"
+    )
+    if header is None:
+        header = torch.zeros(int(size[0]), dtype=torch.uint8)
+    header = party.comm.broadcast(header if party.rank == src else None, src, "load_from_party")
+    layout_pub = json.loads(bytes(header.numpy()).decode())
+    out = {
+        name: cryptensor(
+            plain.get(name), src, requires_grad=requires_grad, shape=tuple(shape), party=party
+        )
+        for name, shape in layout_pub.items()
+    }
+    return next(iter(out.values())) if len(out) == 1 else out

@@ -1,0 +1,48 @@
+"""Layer L4: the op table of :class:`~crypten_lite.tensor.MPCTensor`, one module per op family.
+
+Importing this package registers every implementation with
+:func:`crypten_lite.tensor.implements`:
+
+* ``creation`` — factories, copies, casts, public random fills;
+* ``shape`` — views, indexing, concatenation, padding (data movement on shares);
+* ``arithmetic`` — add, sub, mul, div, fused multiply-adds, where;
+* ``reductions`` — sum, mean, cumsum, var;
+* ``linear`` — matrix products and convolutions with their backward;
+* ``nonlinear`` — comparisons, ReLU family, abs, clamp, max/min;
+* ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
+* ``normalization`` — layer norm and batch norm with their backward;
+* ``pooling`` — average, adaptive average and max pooling with their backward;
+* ``attention`` — scaled dot-product attention kept whole, with its backward;
+* ``losses`` — loss functions and their backward;
+* ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path.
+"""
+
+from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
+    approx,
+    arithmetic,
+    attention,
+    creation,
+    foreach,
+    linear,
+    losses,
+    nonlinear,
+    normalization,
+    pooling,
+    reductions,
+    shape,
+)
+
+__all__ = [
+    "approx",
+    "arithmetic",
+    "attention",
+    "creation",
+    "foreach",
+    "linear",
+    "losses",
+    "nonlinear",
+    "normalization",
+    "pooling",
+    "reductions",
+    "shape",
+]

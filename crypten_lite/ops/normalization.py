@@ -1,0 +1,229 @@
+"""Layer L4: layer and batch normalisation, forward and backward.
+
+Both normalise ``x_hat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` over some
+dimensions: the means are local sums and one division each, the variance one square, ``rstd``
+one inverse-square-root approximation (public when the statistics are public: an encrypted
+input through a plaintext model in eval mode costs products only). The backward passes are the
+textbook formulas
+
+    grad_x = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),   g = grad_out * weight
+
+(training statistics) or ``grad_out * weight * rstd`` (running statistics), with ``x_hat``
+stashed on the saved ``rstd`` so it is not recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from crypten_lite.ops._common import find_party, is_secret, public_of, unsupported, wrap_public
+from crypten_lite.ops.approx import rsqrt_value
+from crypten_lite.tensor import MPCTensor, implements
+
+aten = torch.ops.aten
+
+__all__: list[str] = []
+
+_XHAT = "norm:x_hat"
+
+
+def _rsqrt(v: Any) -> Any:
+    pub = public_of(v)
+    if pub is not None:
+        return torch.rsqrt(pub.to(torch.float64)).float()
+    return rsqrt_value(v)
+
+
+def _normalise(x: Any, dims: list[int], eps: float) -> tuple[Any, Any, Any, Any]:
+    """``(x_hat, mean, rstd, var)``, biased variance over ``dims`` (kept as size-1 dims)."""
+    mean = x.mean(dims, keepdim=True)
+    xc = x - mean
+    var = (xc * xc).mean(dims, keepdim=True)
+    rstd = _rsqrt(var + eps)
+    return xc * rstd, mean, rstd, var
+
+
+def _affine(xhat: Any, weight: Any, bias: Any, shape: Sequence[int]) -> Any:
+    out = xhat
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def _keep_xhat(rstd: Any, xhat: Any) -> None:
+    if isinstance(rstd, MPCTensor):
+        rstd.stash(_XHAT, xhat)
+
+
+def _xhat(x: Any, mean: Any, rstd: Any, shape: Sequence[int] | None = None) -> Any:
+    cached = rstd.stashed(_XHAT) if isinstance(rstd, MPCTensor) else None
+    if cached is not None:
+        return cached
+    if shape is not None:
+        mean, rstd = mean.reshape(shape), rstd.reshape(shape)
+    return (x - mean) * rstd
+
+
+# --------------------------------------------------------------------------- layer norm
+
+
+@implements(aten.native_layer_norm.default)
+def native_layer_norm(
+    x: Any, normalized_shape: Sequence[int], weight: Any, bias: Any, eps: float
+) -> tuple[Any, Any, Any]:
+    """Returns ``(out, mean, rstd)``, statistics shaped ``x.shape[:axis] + (1,) * k``."""
+    axis = x.dim() - len(normalized_shape)
+    dims = list(range(axis, x.dim()))
+    xhat, mean, rstd, _ = _normalise(x, dims, eps)
+    _keep_xhat(rstd, xhat)
+    out = _affine(xhat, weight, bias, list(normalized_shape))
+    return out, mean, rstd
+
+
+def _sum_to(t: Any, dims: list[int]) -> Any:
+    return t.sum(dims) if dims else t
+
+
+@implements(aten.native_layer_norm_backward.default)
+def native_layer_norm_backward(
+    grad: Any,
+    x: Any,
+    normalized_shape: Sequence[int],
+    mean: Any,
+    rstd: Any,
+    weight: Any,
+    bias: Any,
+    output_mask: Sequence[bool],
+) -> tuple[Any, Any, Any]:
+    axis = x.dim() - len(normalized_shape)
+    dims = list(range(axis, x.dim()))
+    batch = list(range(axis))
+    xhat = _xhat(x, mean, rstd)
+    gx = gw = gb = None
+    if output_mask[0]:
+        g = grad * weight if weight is not None else grad
+        gx = rstd * (g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True))
+    if output_mask[1] and weight is not None:
+        gw = _sum_to(grad * xhat, batch)
+    if output_mask[2] and bias is not None:
+        gb = _sum_to(grad, batch)
+    return gx, gw, gb
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+def _channel_shape(x: Any) -> list[int]:
+    return [1, x.shape[1]] + [1] * (x.dim() - 2)
+
+
+def _reduce_dims(x: Any) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def _check_running(x: Any, running: Any, training: bool) -> None:
+    if training and running is not None and is_secret(x) and not isinstance(running, MPCTensor):
+        raise unsupported(
+            "BatchNorm in training mode with encrypted inputs but plain running statistics "
+            "(they would become secret): encrypt the model with crypten_lite.encrypt_module",
+            find_party(x),
+        )
+
+
+@implements(aten.native_batch_norm.default)
+def native_batch_norm(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> tuple[Any, Any, Any]:
+    """Training: batch statistics (and running averages updated in place); eval: running ones.
+
+    Returns ``(out, save_mean, save_invstd)`` (both ``(C,)``; empty in eval mode, as torch).
+    """
+    shape = _channel_shape(x)
+    party = find_party(x, weight, bias, running_mean, running_var)
+    if training or running_mean is None:
+        _check_running(x, running_mean, training)
+        dims = _reduce_dims(x)
+        xhat, mean, rstd, var = _normalise(x, dims, eps)
+        _keep_xhat(rstd, xhat)
+        out = _affine(xhat, weight, bias, shape)
+        if training and running_mean is not None:
+            n = x.numel() // x.shape[1]
+            unbiased = var.reshape(-1) * (momentum * n / max(n - 1, 1))
+            running_mean.mul_(1 - momentum).add_(mean.reshape(-1) * momentum)
+            running_var.mul_(1 - momentum).add_(unbiased)
+        return out, mean.reshape(-1), rstd.reshape(-1)
+    rstd = _rsqrt(running_var + eps)
+    out = _affine((x - running_mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
+    empty = wrap_public(torch.zeros(0), party)
+    return out, empty, empty
+
+
+@implements(aten._native_batch_norm_legit_no_training.default)
+def native_batch_norm_no_training(
+    x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, momentum: float, eps: float
+) -> Any:
+    return native_batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+@implements(aten._native_batch_norm_legit.default)
+def native_batch_norm_legit(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Any:
+    return native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+@implements(aten.native_batch_norm_backward.default)
+def native_batch_norm_backward(
+    grad: Any,
+    x: Any,
+    weight: Any,
+    running_mean: Any,
+    running_var: Any,
+    save_mean: Any,
+    save_invstd: Any,
+    train: bool,
+    eps: float,
+    output_mask: Sequence[bool],
+) -> tuple[Any, Any, Any]:
+    shape = _channel_shape(x)
+    dims = _reduce_dims(x)
+    if train:
+        rstd = save_invstd
+        xhat = _xhat(x, save_mean, rstd, shape)
+        rstd = rstd.reshape(shape)
+    else:
+        rstd = _rsqrt(running_var + eps).reshape(shape)
+        xhat = (x - running_mean.reshape(shape)) * rstd
+    gx = gw = gb = None
+    if output_mask[0]:
+        g = grad * weight.reshape(shape) if weight is not None else grad
+        if train:
+            gx = rstd * (
+                g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True)
+            )
+        else:
+            gx = g * rstd
+    if output_mask[1] and weight is not None:
+        gw = (grad * xhat).sum(dims)
+    if output_mask[2]:
+        gb = grad.sum(dims)
+    return gx, gw, gb

@@ -1,0 +1,315 @@
+"""Layer L4: shape, view and indexing ops — data movement, applied to each party's share.
+
+Moving, selecting, repeating or padding-with-zero the entries of a tensor commutes with the sum
+of shares, so these ops run the same aten kernel on the int64 share (no messages). Views alias
+the share buffer, so an in-place write through a view reaches the base tensor as in torch.
+Indices must be public (plain tensors); a secret index needs comparisons (see ``embedding``).
+Operands mixed into ``cat``/``stack``/``*_scatter`` may be public: party 0 holds their encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from crypten_lite.encoding import encode
+from crypten_lite.ops._common import (
+    assign,
+    find_party,
+    frac_of,
+    public_of,
+    ring_of,
+    share_wise,
+    unsupported,
+    wrap,
+)
+from crypten_lite.ops._fixed import add_values, mul_values
+from crypten_lite.ops.reductions import ONEHOT_KEY
+from crypten_lite.party import Party
+from crypten_lite.tensor import MPCTensor, implements
+
+aten = torch.ops.aten
+
+__all__: list[str] = []
+
+# --------------------------------------------------------------------------- views
+
+_VIEW_OPS = [
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten._reshape_alias.default,
+    aten.t.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.expand.default,
+    aten.squeeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.as_strided.default,
+    aten.diagonal.default,
+    aten.unfold.default,
+    # Composite ops: torch decomposes them above the dispatch key, but op implementations that
+    # call them on encrypted tensors meet them here.
+    aten.reshape.default,
+    aten.narrow.default,
+    aten.flatten.using_ints,
+    aten.unflatten.int,
+    aten.movedim.int,
+    aten.contiguous.default,
+]
+
+
+def _register_view(op: Any) -> None:
+    def view_op(x: MPCTensor, *args: Any, **kwargs: Any) -> MPCTensor:
+        return share_wise(op, x, *args, **kwargs)
+
+    view_op.__name__ = f"view_{op.__name__.replace('.', '_')}"
+    view_op.__doc__ = f"``{op}`` on the share; the result aliases the share buffer."
+    implements(op)(view_op)
+
+
+for _op in _VIEW_OPS:
+    _register_view(_op)
+
+
+@implements(aten.unsqueeze.default)
+def unsqueeze(x: MPCTensor, dim: int) -> MPCTensor:
+    """A view; secret argmax indices keep their one-hot (for ``scatter`` in max's backward)."""
+    out = share_wise(aten.unsqueeze.default, x, dim)
+    stashed = x.stashed(ONEHOT_KEY)
+    if stashed is not None:
+        out.stash(ONEHOT_KEY, stashed)
+    return out
+
+
+@implements(aten.expand_as.default)
+def expand_as(x: MPCTensor, other: Any) -> MPCTensor:
+    return share_wise(aten.expand.default, x, list(other.shape))
+
+
+@implements(aten.view_as.default)
+def view_as(x: MPCTensor, other: Any) -> MPCTensor:
+    return share_wise(aten.view.default, x, list(other.shape))
+
+
+@implements(aten.reshape_as.default)
+def reshape_as(x: MPCTensor, other: Any) -> MPCTensor:
+    return share_wise(aten.reshape.default, x, list(other.shape))
+
+
+def _multi_view(op: Any, x: MPCTensor, *args: Any) -> list[MPCTensor]:
+    shares = op(x._share, *args)
+    public = x.public_value()
+    publics = op(public, *args) if public is not None else [None] * len(shares)
+    return [
+        MPCTensor(s, x.party, dtype=x.dtype, alias=x._alias, public=p)
+        for s, p in zip(shares, publics, strict=True)
+    ]
+
+
+@implements(aten.split.Tensor)
+def split(x: MPCTensor, split_size: int, dim: int = 0) -> list[MPCTensor]:
+    return _multi_view(aten.split.Tensor, x, split_size, dim)
+
+
+@implements(aten.split_with_sizes.default)
+def split_with_sizes(x: MPCTensor, split_sizes: Sequence[int], dim: int = 0) -> list[MPCTensor]:
+    return _multi_view(aten.split_with_sizes.default, x, split_sizes, dim)
+
+
+@implements(aten.unbind.int)
+def unbind(x: MPCTensor, dim: int = 0) -> list[MPCTensor]:
+    return _multi_view(aten.unbind.int, x, dim)
+
+
+# --------------------------------------------------------------------------- copies of entries
+
+_COPY_OPS = [
+    aten.flip.default,
+    aten.roll.default,
+    aten.repeat.default,
+    aten.tril.default,
+    aten.triu.default,
+    aten.select_backward.default,
+    aten.slice_backward.default,
+    aten.diagonal_backward.default,
+    aten.unfold_backward.default,
+    aten.diag_embed.default,
+]
+
+
+def _register_copy(op: Any) -> None:
+    def copy_op(x: MPCTensor, *args: Any, **kwargs: Any) -> MPCTensor:
+        kwargs.pop("dtype", None)
+        return share_wise(op, x, *args, **kwargs)
+
+    copy_op.__name__ = f"sharewise_{op.__name__.replace('.', '_')}"
+    copy_op.__doc__ = f"``{op}`` on the share: linear with integer coefficients, so exact."
+    implements(op)(copy_op)
+
+
+for _op in _COPY_OPS:
+    _register_copy(_op)
+
+
+def _common_frac(xs: Sequence[Any], party: Party) -> tuple[int, torch.dtype]:
+    fracs = [frac_of(x, party) for x in xs]
+    frac = max(fracs)
+    floating = any(
+        (isinstance(x, torch.Tensor) and x.dtype.is_floating_point) or isinstance(x, float)
+        for x in xs
+    )
+    dtype = torch.float32 if floating else torch.int64
+    if dtype == torch.float32:
+        frac = party.frac_bits
+    return frac, dtype
+
+
+@implements(aten.cat.default)
+def cat(tensors: Sequence[Any], dim: int = 0) -> MPCTensor:
+    """Concatenate secret and public tensors (public ones are encoded on party 0)."""
+    party = find_party(tensors)
+    frac, dtype = _common_frac(tensors, party)
+    shares = [ring_of(t, party, frac) for t in tensors]
+    return wrap(torch.cat(shares, dim), party, dtype=dtype)
+
+
+@implements(aten.stack.default)
+def stack(tensors: Sequence[Any], dim: int = 0) -> MPCTensor:
+    party = find_party(tensors)
+    frac, dtype = _common_frac(tensors, party)
+    return wrap(torch.stack([ring_of(t, party, frac) for t in tensors], dim), party, dtype=dtype)
+
+
+def _public_index(index: Any, party: Party, op: str) -> Any:
+    if index is None:
+        return None
+    if isinstance(index, MPCTensor):
+        value = index.public_value()
+        if value is None:
+            raise unsupported(
+                f"{op} with a secret index is not supported (indices must be public; for a "
+                "secret lookup multiply by an encrypted one-hot matrix)",
+                party,
+            )
+        return value
+    return index
+
+
+def _secret_index(*args: Any, **kwargs: Any) -> str | None:
+    """Validator: every index argument must be public."""
+    leaves = [a for a in args[1:] if not isinstance(a, (list, tuple))]
+    for a in args[1:]:
+        if isinstance(a, (list, tuple)):
+            leaves += list(a)
+    for leaf in leaves:
+        if isinstance(leaf, MPCTensor) and leaf.public_value() is None:
+            return "a secret index (indices must be public; multiply by a one-hot instead)"
+    return None
+
+
+@implements(aten.index.Tensor, check=_secret_index)
+def index(x: MPCTensor, indices: Sequence[Any]) -> MPCTensor:
+    party = x.party
+    idx = [_public_index(i, party, "indexing") for i in indices]
+    return share_wise(aten.index.Tensor, x, idx)
+
+
+@implements(aten.index_select.default, check=_secret_index)
+def index_select(x: MPCTensor, dim: int, index: Any) -> MPCTensor:
+    idx = _public_index(index, x.party, "index_select")
+    return share_wise(aten.index_select.default, x, dim, idx)
+
+
+@implements(aten.gather.default, check=_secret_index)
+def gather(x: MPCTensor, dim: int, index: Any, *, sparse_grad: bool = False) -> MPCTensor:
+    idx = _public_index(index, x.party, "gather")
+    return share_wise(aten.gather.default, x, dim, idx)
+
+
+def _two_operand(op: Any, base: Any, src: Any, *args: Any, **kwargs: Any) -> MPCTensor:
+    """``op(base, src, ...)`` for ops linear in (base, src) jointly: scatters, index_put."""
+    party = find_party(base, src)
+    frac, dtype = _common_frac([base, src], party)
+    out = op(ring_of(base, party, frac), ring_of(src, party, frac), *args, **kwargs)
+    return wrap(out, party, dtype=dtype)
+
+
+@implements(aten.slice_scatter.default)
+def slice_scatter(base: Any, src: Any, *args: Any) -> MPCTensor:
+    return _two_operand(aten.slice_scatter.default, base, src, *args)
+
+
+@implements(aten.select_scatter.default)
+def select_scatter(base: Any, src: Any, *args: Any) -> MPCTensor:
+    return _two_operand(aten.select_scatter.default, base, src, *args)
+
+
+@implements(aten.diagonal_scatter.default)
+def diagonal_scatter(base: Any, src: Any, *args: Any) -> MPCTensor:
+    return _two_operand(aten.diagonal_scatter.default, base, src, *args)
+
+
+@implements(aten.scatter.src)
+def scatter_src(base: Any, dim: int, index: Any, src: Any) -> MPCTensor:
+    """Scatter at public indices (share-wise), or at secret argmax indices that carry their
+    one-hot: ``base * (1 - one_hot) + one_hot * src`` (max/min's backward)."""
+    party = find_party(base, src, index)
+    stashed = index.stashed(ONEHOT_KEY) if isinstance(index, MPCTensor) else None
+    if stashed is not None and stashed[0] == dim % index.dim() and index.shape[dim] == 1:
+        hot = wrap(stashed[1], party, dtype=torch.int64)
+        out = mul_values(hot, src, party)
+        base_pub = public_of(base)
+        if base_pub is None or bool((base_pub != 0).any()):
+            out = add_values(add_values(base, mul_values(hot, base, party), party, -1), out, party)
+        return out
+    idx = _public_index(index, party, "scatter")
+    return _two_operand(lambda b, s: aten.scatter.src(b, dim, idx, s), base, src)
+
+
+@implements(aten.scatter_add.default)
+def scatter_add(base: Any, dim: int, index: Any, src: Any) -> MPCTensor:
+    party = find_party(base, src)
+    idx = _public_index(index, party, "scatter_add")
+    return _two_operand(lambda b, s: aten.scatter_add.default(b, dim, idx, s), base, src)
+
+
+@implements(aten.index_put.default)
+def index_put(base: Any, indices: Sequence[Any], values: Any, accumulate: bool = False) -> Any:
+    party = find_party(base, values)
+    idx = [_public_index(i, party, "index_put") for i in indices]
+    return _two_operand(lambda b, v: aten.index_put.default(b, idx, v, accumulate), base, values)
+
+
+@implements(aten.index_put_.default, aten._index_put_impl_.default)
+def index_put_(
+    base: Any, indices: Sequence[Any], values: Any, accumulate: bool = False, unsafe: bool = False
+) -> Any:
+    return assign(base, index_put(base, indices, values, accumulate))
+
+
+@implements(aten.index_add.default)
+def index_add(base: Any, dim: int, index: Any, source: Any, *, alpha: Any = 1) -> MPCTensor:
+    if alpha != 1:
+        raise unsupported("index_add with alpha != 1", find_party(base, source))
+    party = find_party(base, source)
+    idx = _public_index(index, party, "index_add")
+    return _two_operand(lambda b, s: aten.index_add.default(b, dim, idx, s), base, source)
+
+
+@implements(aten.constant_pad_nd.default)
+def constant_pad_nd(x: MPCTensor, pad: Sequence[int], value: Any = 0) -> MPCTensor:
+    """Pad with a public constant: every share pads with 0, party 0 adds the encoded constant."""
+    party = x.party
+    fill = int(encode(torch.tensor(float(value)), x.frac_bits)) if party.rank == 0 else 0
+    public = x.public_value()
+    out_public = (
+        torch.constant_pad_nd(public, list(pad), float(value)) if public is not None else None
+    )
+    return wrap(
+        torch.constant_pad_nd(x._share, list(pad), fill), party, dtype=x.dtype, public=out_public
+    )

@@ -1,0 +1,704 @@
+"""Layer L4: ``MPCTensor`` — a ``torch.Tensor`` whose value is secret-shared among the parties.
+
+An :class:`MPCTensor` is a wrapper subclass (``torch.Tensor._make_wrapper_subclass``): to torch it
+looks like a float32 tensor of some shape with no storage of its own, so ``torch.nn`` modules,
+``torch.autograd`` and ``torch.optim`` run on it unmodified. What it holds is this party's int64
+share of the fixed-point encoding of the value (``x = sum_i share_i mod 2**64``, scaled by
+``2**f``), the :class:`~crypten_lite.party.Party` it belongs to, and bookkeeping:
+
+* every aten op that reaches :meth:`MPCTensor.__torch_dispatch__` is looked up in a table filled
+  by :func:`implements` (``crypten_lite/ops/``, one module per op family); an op not in the table
+  raises :class:`~crypten_lite.errors.UnsupportedOperationError` naming the aten op and, when
+  known, the user-level call that produced it. Nothing ever runs a torch kernel on a share as if
+  it were the value;
+* :meth:`MPCTensor.__torch_function__` keeps a few high-level calls whole (registered with
+  :func:`implements_function`, e.g. ``scaled_dot_product_attention``) and remembers the
+  user-level call for error messages;
+* values every party knows (``torch.ones_like(x)``, the seed gradient of ``loss.backward()``) are
+  *public*: the tensor carries the plaintext too, so multiplying by it is local. All tensors that
+  alias one share buffer (views, ``detach``) share an :class:`_Alias` whose version every in-place
+  write bumps, which invalidates the public value and any stashed protocol by-product;
+* protocol by-products that backward needs (the sign bits of a ReLU, the one-hot argmax of a max
+  pool) are stashed on the op's output (:meth:`MPCTensor.stash`);
+* ``bool()``, ``.item()``, ``.tolist()``, ``.numpy()``, ``float()``, ``int()`` raise
+  :class:`~crypten_lite.errors.SecretLeakError`; ``repr`` shows shape, encoding and party only.
+  :meth:`MPCTensor.get_plain_text` is the one exit.
+
+Logical dtypes: ``float32`` tensors are encoded with the session's ``f`` fractional bits;
+``int64`` and ``bool`` tensors (secret indices, comparison results) with 0 fractional bits.
+
+Observers (:func:`observe`) see every top-level op: the profiler and the validating debugger of
+the user layer hook in here. :func:`fake_mode` runs ops on plaintext stand-ins instead of shares
+and records every unsupported op instead of raising (``crypten_lite.check_model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from crypten_lite.encoding import decode, encode
+from crypten_lite.errors import SecretLeakError, UnsupportedOperationError
+from crypten_lite.party import Party
+from crypten_lite.protocols.opening import open_shares
+
+__all__ = [
+    "FakeSession",
+    "MPCTensor",
+    "OpObserver",
+    "fake_mode",
+    "implements",
+    "implements_function",
+    "is_encrypted",
+    "observe",
+    "ptype",
+    "registered_ops",
+]
+
+aten = torch.ops.aten
+OpOverload = torch._ops.OpOverload
+
+_LEAK_MESSAGE = "cannot branch on or read a secret; call get_plain_text()"
+
+
+class ptype(enum.Enum):  # noqa: N801 - CrypTen's name
+    """How a secret is shared: additively over Z_2^64 or by XOR over int64 words (CrypTen's name)."""
+
+    arithmetic = 0
+    binary = 1
+
+
+# --------------------------------------------------------------------------- op tables
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    """One row of the dispatch table.
+
+    Attributes:
+        impl: ``impl(*args, **kwargs)`` with the aten op's arguments; returns what the op returns.
+        check: optional ``check(*args, **kwargs) -> reason | None``: a reason string means this
+            call's arguments are not supported (checked before ``impl`` and by ``check_model``).
+        family: the module that implements it (``crypten_lite.ops.<family>``).
+        public_fast: when every encrypted operand is public, compute the op on the plaintexts
+            (every party gets the same public result, no messages). On by default for ops that
+            neither write nor alias their inputs.
+    """
+
+    impl: Callable[..., Any]
+    check: Callable[..., str | None] | None
+    family: str
+    public_fast: bool
+
+
+_OPS: dict[OpOverload, OpEntry] = {}
+_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _is_functional(op: OpOverload) -> bool:
+    schema = op._schema
+    return not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+
+
+def implements(
+    *ops: OpOverload,
+    check: Callable[..., str | None] | None = None,
+    public_fast: bool | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the MPC implementation of the given aten op overloads.
+
+    Args:
+        check: see :class:`OpEntry`.
+        public_fast: see :class:`OpEntry`; pass ``False`` for random ops.
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for op in ops:
+            if not isinstance(op, OpOverload):
+                raise TypeError(f"register aten overloads (aten.add.Tensor), not {op!r}")
+            if op in _OPS:
+                raise RuntimeError(f"{op} is registered twice")
+            fast = _is_functional(op) if public_fast is None else public_fast
+            _OPS[op] = OpEntry(fn, check, fn.__module__.rsplit(".", 1)[-1], fast)
+        return fn
+
+    return register
+
+
+def implements_function(
+    *funcs: Callable[..., Any],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` to replace a torch-level function whole when an argument is encrypted.
+
+    ``fn`` composes other torch ops (which autograd records as usual); use it where the aten
+    decomposition torch would pick has no good MPC form (fused attention kernels).
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for f in funcs:
+            _FUNCTIONS[f] = fn
+        return fn
+
+    return register
+
+
+def registered_ops() -> dict[str, str]:
+    """``{aten op name: family}`` of every supported op."""
+    return {str(op): entry.family for op, entry in sorted(_OPS.items(), key=lambda kv: str(kv[0]))}
+
+
+# --------------------------------------------------------------------------- observers
+
+
+class OpObserver(Protocol):
+    """Sees every top-level op on encrypted tensors (ops inside other ops are not reported)."""
+
+    def before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Called before the op runs; the return value is passed to :meth:`after`."""
+
+    def after(
+        self,
+        token: Any,
+        func: OpOverload,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: Any,
+    ) -> None:
+        """Called after the op ran, with its output."""
+
+
+_OBSERVERS: ContextVar[tuple[OpObserver, ...]] = ContextVar("crypten_lite_observers", default=())
+_DEPTH: ContextVar[int] = ContextVar("crypten_lite_dispatch_depth", default=0)
+_USER_CALL: ContextVar[str | None] = ContextVar("crypten_lite_user_call", default=None)
+
+
+@contextlib.contextmanager
+def observe(observer: OpObserver) -> Iterator[OpObserver]:
+    """Report every top-level op on encrypted tensors to ``observer`` inside the block."""
+    token = _OBSERVERS.set((*_OBSERVERS.get(), observer))
+    try:
+        yield observer
+    finally:
+        _OBSERVERS.reset(token)
+
+
+def current_user_call() -> str | None:
+    """The user-level torch call being executed (``torch.nn.functional.conv2d``), if known."""
+    return _USER_CALL.get()
+
+
+# --------------------------------------------------------------------------- fake mode
+
+
+@dataclass
+class FakeSession:
+    """Records what :func:`fake_mode` found: unsupported ops and secret reads, first seen first.
+
+    Attributes:
+        gaps: ``(what, detail)`` pairs, each once: ``what`` is an aten op name or a leaking
+            call, ``detail`` the user-level call or the reason.
+        frac_bits: encoding precision the fake tensors pretend to use.
+    """
+
+    gaps: list[tuple[str, str]] = field(default_factory=list)
+    frac_bits: int = 16
+
+    def record(self, what: str, detail: str) -> None:
+        if (what, detail) not in self.gaps:
+            self.gaps.append((what, detail))
+
+
+_FAKE: ContextVar[FakeSession | None] = ContextVar("crypten_lite_fake", default=None)
+
+
+@contextlib.contextmanager
+def fake_mode(session: FakeSession | None = None) -> Iterator[FakeSession]:
+    """Run ops on fake encrypted tensors: plaintext stand-ins, no parties, no messages.
+
+    Inside the block, :meth:`MPCTensor.fake` tensors compute on their plaintext and every op
+    without an MPC implementation (or with unsupported arguments) is recorded in the session
+    instead of raised, so one run lists every gap of a model.
+    """
+    session = session or FakeSession()
+    token = _FAKE.set(session)
+    try:
+        yield session
+    finally:
+        _FAKE.reset(token)
+
+
+# --------------------------------------------------------------------------- the tensor
+
+
+class _Alias:
+    """Identity of one share buffer; tensors aliasing it (views, ``detach``) share the object.
+
+    ``version`` counts in-place writes through any of them: a public value or a stashed
+    by-product recorded at another version is stale. ``fixed`` is ``None`` unless the buffer
+    is a weight whose Beaver masks may be reused (``crypten_lite.nn.reuse_weight_masks``): then
+    it maps a view's geometry to ``(version, FixedOperand)``.
+    """
+
+    __slots__ = ("fixed", "version")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.fixed: dict[tuple[Any, ...], tuple[int, Any]] | None = None
+
+
+def _frac_for(dtype: torch.dtype, party: Party | None, fake_frac: int) -> int:
+    if dtype.is_floating_point:
+        return party.frac_bits if party is not None else fake_frac
+    return 0
+
+
+class MPCTensor(torch.Tensor):
+    """A secret-shared tensor that torch sees as a float32 (or int64/bool) tensor.
+
+    Construct one with ``crypten_lite.cryptensor``; this constructor wraps an existing share.
+
+    Args:
+        share: this party's int64 share of the fixed-point encoding (any shape and strides).
+        party: the party holding it.
+        requires_grad: as for any tensor.
+        dtype: logical dtype: float32 (``f`` fractional bits), int64 or bool (0 bits).
+        alias: the share buffer's :class:`_Alias` when ``share`` is a view of another tensor's.
+        public: the plaintext, when every party knows it (the share is then party 0's encoding).
+    """
+
+    _share: torch.Tensor
+    _party: Party | None
+    _frac: int
+    _alias: _Alias
+    _pub: torch.Tensor | None
+    _pub_version: int
+    _stash: dict[str, Any]
+    _stash_version: int
+    _fake: torch.Tensor | None
+
+    @staticmethod
+    def __new__(
+        cls,
+        share: torch.Tensor,
+        party: Party | None,
+        *,
+        requires_grad: bool = False,
+        dtype: torch.dtype = torch.float32,
+        alias: _Alias | None = None,
+        public: torch.Tensor | None = None,
+        _fake: torch.Tensor | None = None,
+    ) -> MPCTensor:
+        if share.dtype != torch.int64:
+            raise TypeError(f"an MPCTensor share is an int64 ring tensor, got {share.dtype}")
+        if dtype not in (torch.float32, torch.int64, torch.bool):
+            raise TypeError(f"MPCTensor logical dtype must be float32, int64 or bool, got {dtype}")
+        out = torch.Tensor._make_wrapper_subclass(
+            cls,
+            share.shape,
+            strides=share.stride() if _fake is None else _fake.stride(),
+            dtype=dtype,
+            device=share.device,
+            requires_grad=requires_grad,
+        )
+        out._share = share
+        out._party = party
+        fake = _FAKE.get()
+        out._frac = _frac_for(dtype, party, fake.frac_bits if fake else 16)
+        out._alias = alias if alias is not None else _Alias()
+        out._pub = public
+        out._pub_version = out._alias.version
+        out._stash = {}
+        out._stash_version = out._alias.version
+        out._fake = _fake
+        return out
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Everything happens in __new__; torch.Tensor.__init__ takes no arguments.
+        super().__init__()
+
+    @classmethod
+    def fake(cls, value: torch.Tensor, *, requires_grad: bool = False) -> MPCTensor:
+        """A fake encrypted tensor for :func:`fake_mode`: it computes on ``value`` in the clear.
+
+        Only for checking which ops a model needs; it has no party and no real shares.
+        """
+        value = value.detach().to(torch.float32 if value.is_floating_point() else value.dtype)
+        dtype = value.dtype if value.dtype in (torch.int64, torch.bool) else torch.float32
+        placeholder = torch.zeros((), dtype=torch.int64).expand(value.shape)
+        return cls(placeholder, None, requires_grad=requires_grad, dtype=dtype, _fake=value)
+
+    # ------------------------------------------------------------------- accessors
+
+    @property
+    def share(self) -> torch.Tensor:
+        """This party's int64 share of the fixed-point encoding (CrypTen's ``.share``)."""
+        return self._share
+
+    @property
+    def party(self) -> Party:
+        """The party that holds this share."""
+        if self._party is None:
+            raise UnsupportedOperationError("a fake encrypted tensor (check_model) has no party")
+        return self._party
+
+    @property
+    def frac_bits(self) -> int:
+        """Fractional bits of the encoding (0 for int64/bool logical dtypes)."""
+        return self._frac
+
+    @property
+    def encoder_scale(self) -> int:
+        """``2**frac_bits`` (CrypTen's ``encoder.scale``)."""
+        return 1 << self._frac
+
+    @property
+    def ptype(self) -> ptype:
+        """Always :attr:`ptype.arithmetic`; see :meth:`to_binary` for XOR sharing."""
+        return ptype.arithmetic
+
+    @property
+    def is_fake(self) -> bool:
+        """Whether this is a plaintext stand-in made by :meth:`fake`."""
+        return self._fake is not None
+
+    def public_value(self) -> torch.Tensor | None:
+        """The plaintext if every party knows it (and nothing wrote to the share since)."""
+        if self._pub is not None and self._pub_version == self._alias.version:
+            return self._pub
+        return None
+
+    def stash(self, key: str, value: Any) -> None:
+        """Keep a protocol by-product (e.g. ReLU sign bits) for the backward of this output."""
+        if self._stash_version != self._alias.version:
+            self._stash = {}
+            self._stash_version = self._alias.version
+        self._stash[key] = value
+
+    def stashed(self, key: str) -> Any:
+        """A by-product kept by :meth:`stash`, or ``None`` (also when the tensor was written)."""
+        if self._stash_version != self._alias.version:
+            return None
+        return self._stash.get(key)
+
+    def mark_written(self) -> None:
+        """Record an in-place write to the share: public values and stashes become stale."""
+        self._alias.version += 1
+
+    def get_plain_text(self, dst: int | None = None) -> torch.Tensor | None:
+        """Open and decode the value: every party gets it, or only ``dst`` (others get ``None``).
+
+        This is the one deliberate exit of a secret. Cost: 1 round, ``8 * numel`` bytes to each
+        peer (to ``dst`` only when given); none for public values.
+        """
+        if self._fake is not None:
+            return self._fake.detach().clone()
+        public = self.public_value()
+        if public is not None:
+            if dst is not None and dst != self.party.rank:
+                return None
+            return public.detach().clone().to(self.dtype)
+        opened = open_shares([self._share.contiguous()], self.party, dst=dst, tag="get_plain_text")
+        if opened is None:
+            return None
+        value_pub = opened[0]
+        if self.dtype == torch.float32:
+            return decode(value_pub, self._frac)
+        return value_pub.to(self.dtype)
+
+    def reveal(self, dst: int | None = None) -> torch.Tensor | None:
+        """CrypTen's alias of :meth:`get_plain_text`."""
+        return self.get_plain_text(dst)
+
+    def to_binary(self) -> Any:
+        """This value XOR-shared: a ``BinaryMPCTensor`` (A2B conversion, a few rounds)."""
+        from_arithmetic = _BINARY_FACTORY.get("from_arithmetic")
+        if from_arithmetic is None:
+            raise UnsupportedOperationError("binary sharing is not available (ops.binary)")
+        return from_arithmetic(self)
+
+    # ------------------------------------------------------------------- no leaks
+
+    def _leak(self, what: str) -> Any:
+        fake = _FAKE.get()
+        if fake is not None and self._fake is not None:
+            fake.record(what, "reads a secret value (data-dependent Python control flow)")
+            return None
+        rank = f"party {self._party.rank}: " if self._party is not None else ""
+        raise SecretLeakError(f"{rank}{what} on an encrypted tensor: {_LEAK_MESSAGE}")
+
+    def __bool__(self) -> bool:
+        if self._leak("bool()") is None and self._fake is not None:
+            return bool(self._fake)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def item(self) -> Any:
+        self._leak(".item()")
+        assert self._fake is not None
+        return self._fake.item()
+
+    def tolist(self) -> Any:
+        self._leak(".tolist()")
+        assert self._fake is not None
+        return self._fake.tolist()
+
+    def numpy(self, *args: Any, **kwargs: Any) -> Any:
+        self._leak(".numpy()")
+        assert self._fake is not None
+        return self._fake.numpy()
+
+    def __float__(self) -> float:
+        self._leak("float()")
+        assert self._fake is not None
+        return float(self._fake)
+
+    def __int__(self) -> int:
+        self._leak("int()")
+        assert self._fake is not None
+        return int(self._fake)
+
+    def __index__(self) -> int:
+        self._leak("operator.index()")
+        assert self._fake is not None
+        return int(self._fake)
+
+    def __complex__(self) -> complex:
+        self._leak("complex()")
+        assert self._fake is not None
+        return complex(self._fake)
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        self._leak("numpy.asarray()")
+        assert self._fake is not None
+        return self._fake.numpy()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise UnsupportedOperationError(
+            "encrypted tensors are never pickled; use crypten_lite.save(tensor, path)"
+        )
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
+        if self._fake is not None:
+            where = "fake (check_model)"
+        elif self._party is not None:
+            where = f"party {self._party.rank}/{self._party.world_size}"
+        else:
+            where = "no party"
+        enc = f"fixed-point f={self._frac}" if self.dtype == torch.float32 else f"{self.dtype} ring"
+        extra = ", public" if self.public_value() is not None else ""
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"MPCTensor(shape={tuple(self.shape)}, encoding={enc}, {where}{extra}{grad})"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return self.__repr__()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MPCTensor:
+        if id(self) in memo:
+            return memo[id(self)]  # type: ignore[no-any-return]
+        out = MPCTensor(
+            self._share.clone(),
+            self._party,
+            requires_grad=self.requires_grad,
+            dtype=self.dtype,
+            public=self.public_value(),
+            _fake=None if self._fake is None else self._fake.clone(),
+        )
+        if getattr(self, "_is_param", False):
+            out = torch.nn.Parameter(out, requires_grad=self.requires_grad)  # type: ignore[assignment]
+        memo[id(self)] = out
+        return out
+
+    # ------------------------------------------------------------------- dispatch
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: Sequence[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        override = _FUNCTIONS.get(func)
+        if override is not None:
+            return override(*args, **kwargs)
+        token = None
+        if _USER_CALL.get() is None:
+            token = _USER_CALL.set(_call_name(func))
+        try:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        finally:
+            if token is not None:
+                _USER_CALL.reset(token)
+
+    @classmethod
+    def __torch_dispatch__(  # type: ignore[override]
+        cls,
+        func: OpOverload,
+        types: Sequence[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        args = tuple(args)
+        fake = _FAKE.get()
+        if fake is not None:
+            return _fake_dispatch(fake, func, args, kwargs)
+        entry = _OPS.get(func)
+        if entry is None:
+            raise UnsupportedOperationError(_unsupported_message(func, args))
+        if entry.check is not None:
+            reason = entry.check(*args, **kwargs)
+            if reason is not None:
+                raise UnsupportedOperationError(_unsupported_message(func, args, reason))
+        impl = entry.impl
+        if entry.public_fast and _all_public(args, kwargs):
+            impl = functools.partial(_public_dispatch, func)
+        depth = _DEPTH.get()
+        observers = _OBSERVERS.get()
+        depth_token = _DEPTH.set(depth + 1)
+        try:
+            if depth or not observers:
+                return impl(*args, **kwargs)
+            tokens = [obs.before(func, args, kwargs) for obs in observers]
+            out = impl(*args, **kwargs)
+            for obs, tok in zip(observers, tokens, strict=True):
+                obs.after(tok, func, args, kwargs, out)
+            return out
+        finally:
+            _DEPTH.reset(depth_token)
+
+
+def _call_name(func: Callable[..., Any]) -> str:
+    name = getattr(func, "__name__", None) or repr(func)
+    qual = getattr(func, "__qualname__", name)
+    module = getattr(func, "__module__", None)
+    if qual.startswith(("TensorBase.", "Tensor.")):
+        return "Tensor." + qual.split(".", 1)[1]
+    if module in ("torch._C._nn", "torch._C._special", "torch._C._linalg"):
+        module = {"torch._C._nn": "torch.nn.functional", "torch._C._special": "torch.special"}.get(
+            module, "torch.linalg"
+        )
+    if module and module.startswith("torch"):
+        return f"{module}.{name}"
+    return qual
+
+
+def _rank_of(args: Sequence[Any]) -> str:
+    for a in tree_flatten(list(args))[0]:
+        if isinstance(a, MPCTensor) and a._party is not None:
+            return f"party {a._party.rank}: "
+    return ""
+
+
+def _unsupported_message(func: OpOverload, args: Sequence[Any], reason: str | None = None) -> str:
+    call = _USER_CALL.get()
+    where = f" (called from {call})" if call else " (called by autograd or torch internals)"
+    why = reason or "it has no secure implementation"
+    return (
+        f"{_rank_of(args)}aten op {func} is not supported on encrypted tensors{where}: {why}. "
+        "Nothing was computed on the shares; crypten_lite.check_model(model, input) lists "
+        "every unsupported op of a model at once."
+    )
+
+
+def _all_public(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    return all(
+        leaf.public_value() is not None
+        for leaf in tree_flatten((list(args), kwargs))[0]
+        if isinstance(leaf, MPCTensor)
+    )
+
+
+def _public_dispatch(func: OpOverload, *args: Any, **kwargs: Any) -> Any:
+    """Run ``func`` on the plaintexts of public operands; wrap tensor results as public."""
+    from_tensor = next(
+        leaf for leaf in tree_flatten((list(args), kwargs))[0] if isinstance(leaf, MPCTensor)
+    )
+    party = from_tensor.party
+
+    def unwrap(x: Any) -> Any:
+        return x.public_value() if isinstance(x, MPCTensor) else x
+
+    out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs))
+
+    def wrap(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and (
+            x.dtype.is_floating_point or x.dtype in (torch.int64, torch.bool)
+        ):
+            dtype = torch.float32 if x.dtype.is_floating_point else x.dtype
+            value = x.to(dtype)
+            frac = party.frac_bits if dtype == torch.float32 else 0
+            ring = encode(value, frac)
+            share = ring if party.rank == 0 else torch.zeros_like(ring)
+            return MPCTensor(share, party, dtype=dtype, public=value)
+        return x
+
+    return tree_map(wrap, out)
+
+
+def is_encrypted(value: Any) -> bool:
+    """Whether ``value`` is an encrypted tensor (:class:`MPCTensor`)."""
+    return isinstance(value, MPCTensor)
+
+
+# --------------------------------------------------------------------------- fake dispatch
+
+
+def _fake_dispatch(
+    session: FakeSession, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``func`` on the plaintext stand-ins; record it when it is not supported."""
+    entry = _OPS.get(func)
+    call = _USER_CALL.get() or "autograd / torch internals"
+    if entry is None:
+        session.record(str(func), call)
+    elif entry.check is not None:
+        reason = entry.check(*args, **kwargs)
+        if reason is not None:
+            session.record(str(func), f"{call}: {reason}")
+
+    def unwrap(x: Any) -> Any:
+        if isinstance(x, MPCTensor):
+            if x._fake is None:
+                raise UnsupportedOperationError(
+                    "fake_mode mixes a fake tensor with a real encrypted tensor"
+                )
+            return x._fake
+        return x
+
+    plain_args = tree_map(unwrap, args)
+    plain_kwargs = tree_map(unwrap, kwargs)
+    out = func(*plain_args, **plain_kwargs)
+    if func._schema.is_mutable:
+        # In-place ops mutated the stand-in; return the wrappers the op returns.
+        mutated = [a for a in args if isinstance(a, MPCTensor)]
+        if isinstance(out, torch.Tensor) and mutated:
+            for a in mutated:
+                if a._fake is out:
+                    return a
+            return mutated[0]
+
+    def wrap(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and not isinstance(x, MPCTensor):
+            if x.dtype.is_floating_point or x.dtype in (torch.int64, torch.bool):
+                return MPCTensor.fake(x)
+        return x
+
+    return tree_map(wrap, out)
+
+
+# --------------------------------------------------------------------------- hooks for ops
+
+# ``ops.binary`` registers the A2B factory here (it imports this module, not the reverse).
+_BINARY_FACTORY: dict[str, Callable[..., Any]] = {}
