@@ -28,7 +28,7 @@ test: setup lint
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/crypten-lite launch -n 2 --dealer examples/hello_exchange.py
+	$(VENV)/bin/crypten-lite launch -n 2 --dealer examples/private_inference.py
 
 bench: setup
 	$(PY) benchmarks/bench.py
