@@ -27,20 +27,18 @@ share of the fixed-point encoding of the value (``x = sum_i share_i mod 2**64``,
 Logical dtypes: ``float32`` tensors are encoded with the session's ``f`` fractional bits;
 ``int64`` and ``bool`` tensors (secret indices, comparison results) with 0 fractional bits.
 
-Observers (:func:`observe`) see every top-level op: the profiler and the validating debugger of
-the user layer hook in here. :func:`fake_mode` runs ops on plaintext stand-ins instead of shares
-and records every unsupported op instead of raising (``crypten_lite.check_model``).
+Observers (:func:`observe`), the fake mode of ``check_model`` (:func:`fake_mode`) and the
+user-level call of error messages are per-context state (:mod:`crypten_lite.tensor_context`);
+the op tables and :func:`implements` live in :mod:`crypten_lite.tensor_table`. Both are
+importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -49,6 +47,22 @@ from crypten_lite.encoding import decode, encode
 from crypten_lite.errors import SecretLeakError, UnsupportedOperationError
 from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
+from crypten_lite.tensor_context import (
+    _DEPTH,
+    _FAKE,
+    _OBSERVERS,
+    _USER_CALL,
+    FakeSession,
+    OpObserver,
+    _call_name,
+    fake_mode,
+    observe,
+)
+from crypten_lite.tensor_context import current_user_call as current_user_call
+from crypten_lite.tensor_table import _FUNCTIONS, implements, implements_function, registered_ops
+from crypten_lite.tensor_table import _OPS as _OPS
+from crypten_lite.tensor_table import OpEntry as OpEntry
+from crypten_lite.tensor_table import OpOverload as OpOverload
 
 __all__ = [
     "FakeSession",
@@ -64,7 +78,6 @@ __all__ = [
 ]
 
 aten = torch.ops.aten
-OpOverload = torch._ops.OpOverload
 
 _LEAK_MESSAGE = "cannot branch on or read a secret; call get_plain_text()"
 
@@ -74,165 +87,6 @@ class ptype(enum.Enum):  # noqa: N801 - CrypTen's name
 
     arithmetic = 0
     binary = 1
-
-
-# --------------------------------------------------------------------------- op tables
-
-
-@dataclass(frozen=True)
-class OpEntry:
-    """One row of the dispatch table.
-
-    Attributes:
-        impl: ``impl(*args, **kwargs)`` with the aten op's arguments; returns what the op returns.
-        check: optional ``check(*args, **kwargs) -> reason | None``: a reason string means this
-            call's arguments are not supported (checked before ``impl`` and by ``check_model``).
-        family: the module that implements it (``crypten_lite.ops.<family>``).
-        public_fast: when every encrypted operand is public, compute the op on the plaintexts
-            (every party gets the same public result, no messages). On by default for ops that
-            neither write nor alias their inputs.
-    """
-
-    impl: Callable[..., Any]
-    check: Callable[..., str | None] | None
-    family: str
-    public_fast: bool
-
-
-_OPS: dict[OpOverload, OpEntry] = {}
-_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-
-def _is_functional(op: OpOverload) -> bool:
-    schema = op._schema
-    return not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
-
-
-def implements(
-    *ops: OpOverload,
-    check: Callable[..., str | None] | None = None,
-    public_fast: bool | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn`` as the MPC implementation of the given aten op overloads.
-
-    Args:
-        check: see :class:`OpEntry`.
-        public_fast: see :class:`OpEntry`; pass ``False`` for random ops.
-    """
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for op in ops:
-            if not isinstance(op, OpOverload):
-                raise TypeError(f"register aten overloads (aten.add.Tensor), not {op!r}")
-            if op in _OPS:
-                raise RuntimeError(f"{op} is registered twice")
-            fast = _is_functional(op) if public_fast is None else public_fast
-            _OPS[op] = OpEntry(fn, check, fn.__module__.rsplit(".", 1)[-1], fast)
-        return fn
-
-    return register
-
-
-def implements_function(
-    *funcs: Callable[..., Any],
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn`` to replace a torch-level function whole when an argument is encrypted.
-
-    ``fn`` composes other torch ops (which autograd records as usual); use it where the aten
-    decomposition torch would pick has no good MPC form (fused attention kernels).
-    """
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for f in funcs:
-            _FUNCTIONS[f] = fn
-        return fn
-
-    return register
-
-
-def registered_ops() -> dict[str, str]:
-    """``{aten op name: family}`` of every supported op."""
-    return {str(op): entry.family for op, entry in sorted(_OPS.items(), key=lambda kv: str(kv[0]))}
-
-
-# --------------------------------------------------------------------------- observers
-
-
-class OpObserver(Protocol):
-    """Sees every top-level op on encrypted tensors (ops inside other ops are not reported)."""
-
-    def before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Called before the op runs; the return value is passed to :meth:`after`."""
-
-    def after(
-        self,
-        token: Any,
-        func: OpOverload,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        out: Any,
-    ) -> None:
-        """Called after the op ran, with its output."""
-
-
-_OBSERVERS: ContextVar[tuple[OpObserver, ...]] = ContextVar("crypten_lite_observers", default=())
-_DEPTH: ContextVar[int] = ContextVar("crypten_lite_dispatch_depth", default=0)
-_USER_CALL: ContextVar[str | None] = ContextVar("crypten_lite_user_call", default=None)
-
-
-@contextlib.contextmanager
-def observe(observer: OpObserver) -> Iterator[OpObserver]:
-    """Report every top-level op on encrypted tensors to ``observer`` inside the block."""
-    token = _OBSERVERS.set((*_OBSERVERS.get(), observer))
-    try:
-        yield observer
-    finally:
-        _OBSERVERS.reset(token)
-
-
-def current_user_call() -> str | None:
-    """The user-level torch call being executed (``torch.nn.functional.conv2d``), if known."""
-    return _USER_CALL.get()
-
-
-# --------------------------------------------------------------------------- fake mode
-
-
-@dataclass
-class FakeSession:
-    """Records what :func:`fake_mode` found: unsupported ops and secret reads, first seen first.
-
-    Attributes:
-        gaps: ``(what, detail)`` pairs, each once: ``what`` is an aten op name or a leaking
-            call, ``detail`` the user-level call or the reason.
-        frac_bits: encoding precision the fake tensors pretend to use.
-    """
-
-    gaps: list[tuple[str, str]] = field(default_factory=list)
-    frac_bits: int = 16
-
-    def record(self, what: str, detail: str) -> None:
-        if (what, detail) not in self.gaps:
-            self.gaps.append((what, detail))
-
-
-_FAKE: ContextVar[FakeSession | None] = ContextVar("crypten_lite_fake", default=None)
-
-
-@contextlib.contextmanager
-def fake_mode(session: FakeSession | None = None) -> Iterator[FakeSession]:
-    """Run ops on fake encrypted tensors: plaintext stand-ins, no parties, no messages.
-
-    Inside the block, :meth:`MPCTensor.fake` tensors compute on their plaintext and every op
-    without an MPC implementation (or with unsupported arguments) is recorded in the session
-    instead of raised, so one run lists every gap of a model.
-    """
-    session = session or FakeSession()
-    token = _FAKE.set(session)
-    try:
-        yield session
-    finally:
-        _FAKE.reset(token)
 
 
 # --------------------------------------------------------------------------- the tensor
@@ -577,21 +431,6 @@ class MPCTensor(torch.Tensor):
             return out
         finally:
             _DEPTH.reset(depth_token)
-
-
-def _call_name(func: Callable[..., Any]) -> str:
-    name = getattr(func, "__name__", None) or repr(func)
-    qual = getattr(func, "__qualname__", name)
-    module = getattr(func, "__module__", None)
-    if qual.startswith(("TensorBase.", "Tensor.")):
-        return "Tensor." + qual.split(".", 1)[1]
-    if module in ("torch._C._nn", "torch._C._special", "torch._C._linalg"):
-        module = {"torch._C._nn": "torch.nn.functional", "torch._C._special": "torch.special"}.get(
-            module, "torch.linalg"
-        )
-    if module and module.startswith("torch"):
-        return f"{module}.{name}"
-    return qual
 
 
 def _rank_of(args: Sequence[Any]) -> str:

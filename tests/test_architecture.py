@@ -32,6 +32,8 @@ LAYERS = {
     "crypten_lite.party": 2,
     "crypten_lite.protocols": 3,
     "crypten_lite.tensor": 4,
+    "crypten_lite.tensor_table": 4,
+    "crypten_lite.tensor_context": 4,
     "crypten_lite.binary": 4,
     "crypten_lite.ops": 4,
     "crypten_lite.nn": 5,
@@ -131,3 +133,19 @@ def test_source_never_mentions_pickle_loading() -> None:
         assert "np.load(" not in text or "allow_pickle=False" in text, (
             f"{path}: np.load may unpickle"
         )
+
+
+def test_every_package_is_listed_in_pyproject() -> None:
+    """A regular (non-editable) install ships only the packages named in pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = set()
+    for package, folder in SOURCES.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found == listed, (
+        f"pyproject.toml packages: missing {found - listed}, extra {listed - found}"
+    )

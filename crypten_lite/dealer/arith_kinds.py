@@ -1,0 +1,149 @@
+"""Layer L2: request kinds for products, truncation, share conversion and fixed operands.
+
+These kinds take tensor shapes (one component element per value): Beaver triples for every
+bilinear op of :mod:`crypten_lite.ring` and their XOR counterpart, square pairs, truncation
+pairs, edaBits and random shared bits (:data:`ARITH_KINDS`).
+
+Fixed operands (a weight multiplied by many inputs): ``fixed_mask`` deals a uniform ``[b]`` that
+the dealer *keeps* (reconstructed from the seeds, so it is still seed-compressed and the dealer
+never sees the weight); each later ``fixed_triple`` deals a fresh ``[a]`` and ``[c = op(a, b)]``
+with that stored ``b``, so the parties open the weight's masked value ``y - b`` once and only
+the activation's mask per product. ``fixed_release`` forgets a stored mask. Handles are
+consecutive integers that every party assigns in the same (SPMD) order
+(:meth:`~crypten_lite.dealer.Dealer.fixed_mask`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from crypten_lite.dealer.request import (
+    ARITH,
+    BIT,
+    XOR,
+    DealerStore,
+    Shape,
+    _handle,
+    _Kind,
+    _shape,
+)
+from crypten_lite.errors import ProtocolError
+from crypten_lite.ring import bilinear, bilinear_output_shape, logical_rshift, msb
+
+__all__ = ["ARITH_KINDS"]
+
+
+def _triple_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
+    a, b = _shape(p, "a_shape"), _shape(p, "b_shape")
+    c = bilinear_output_shape(p["op"], a, b, p.get("op_params"))
+    return [(a, ARITH), (b, ARITH)], [(c, ARITH)]
+
+
+def _triple_derive(
+    p: Mapping[str, Any], f: list[torch.Tensor], store: DealerStore
+) -> list[torch.Tensor]:
+    if p["op"] == "mul" and f[0].shape == f[1].shape:
+        return [f[0].mul_(f[1])]  # the totals are the dealer's own scratch: no allocation
+    return [bilinear(p["op"], f[0], f[1], p.get("op_params"))]
+
+
+def _fixed_side(p: Mapping[str, Any]) -> str:
+    side = p.get("fixed")
+    if side not in ("a", "b"):
+        raise ProtocolError(f"dealer request field 'fixed' must be 'a' or 'b', got {side!r}")
+    return str(side)
+
+
+def _fixed_triple_layout(
+    p: Mapping[str, Any],
+) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
+    # Only the moving operand's mask is free; the fixed one is the stored mask.
+    _handle(p)
+    a, b = _shape(p, "a_shape"), _shape(p, "b_shape")
+    c = bilinear_output_shape(p["op"], a, b, p.get("op_params"))
+    moving = a if _fixed_side(p) == "b" else b
+    return [(moving, ARITH)], [(c, ARITH)]
+
+
+def _fixed_triple_derive(
+    p: Mapping[str, Any], f: list[torch.Tensor], store: DealerStore
+) -> list[torch.Tensor]:
+    if _fixed_side(p) == "b":
+        fixed = store.get(_handle(p), _shape(p, "b_shape"))
+        return [bilinear(p["op"], f[0], fixed, p.get("op_params"))]
+    fixed = store.get(_handle(p), _shape(p, "a_shape"))
+    return [bilinear(p["op"], fixed, f[0], p.get("op_params"))]
+
+
+def _fixed_mask_layout(
+    p: Mapping[str, Any],
+) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
+    _handle(p)
+    return [(_shape(p, "shape"), ARITH)], []
+
+
+def _fixed_release_layout(
+    p: Mapping[str, Any],
+) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
+    _handle(p)
+    return [], []
+
+
+def _fixed_mask_derive(
+    p: Mapping[str, Any], f: list[torch.Tensor], store: DealerStore
+) -> list[torch.Tensor]:
+    store.put(_handle(p), f[0])
+    return []
+
+
+def _fixed_release_derive(
+    p: Mapping[str, Any], f: list[torch.Tensor], store: DealerStore
+) -> list[torch.Tensor]:
+    store.pop(_handle(p))
+    return []
+
+
+ARITH_KINDS: dict[str, _Kind] = {
+    # Beaver triple for a bilinear op: [a], [b], [c = op(a, b)].
+    "triple": _Kind(_triple_layout, _triple_derive),
+    # Square pair: [a], [a * a].
+    "square": _Kind(
+        lambda p: ([(_shape(p, "shape"), ARITH)], [(_shape(p, "shape"), ARITH)]),
+        lambda p, f, _s: [f[0].mul_(f[0])],
+    ),
+    # Binary (AND) triple over int64 words: <a>, <b>, <a & b>.
+    "binary_triple": _Kind(
+        lambda p: (
+            [(_shape(p, "shape"), XOR), (_shape(p, "shape"), XOR)],
+            [(_shape(p, "shape"), XOR)],
+        ),
+        lambda p, f, _s: [f[0] & f[1]],
+    ),
+    # Truncation pair: [r] uniform, [r >> f] (logical shift), [msb(r)] (see protocols).
+    "trunc": _Kind(
+        lambda p: (
+            [(_shape(p, "shape"), ARITH)],
+            [(_shape(p, "shape"), ARITH), (_shape(p, "shape"), ARITH)],
+        ),
+        lambda p, f, _s: [logical_rshift(f[0], int(p["frac_bits"])), msb(f[0])],
+    ),
+    # edaBits over the full ring: <r> bitwise and [r] arithmetically, the same uniform r.
+    "edabits": _Kind(
+        lambda p: ([(_shape(p, "shape"), XOR)], [(_shape(p, "shape"), ARITH)]),
+        lambda p, f, _s: [f[0].clone()],
+    ),
+    # Random shared bits: <b> (one bit) and [b], b uniform in {0, 1}.
+    "random_bits": _Kind(
+        lambda p: ([(_shape(p, "shape"), BIT)], [(_shape(p, "shape"), ARITH)]),
+        lambda p, f, _s: [f[0].clone()],
+    ),
+    # Mask of a fixed operand: [b] uniform, kept by the dealer under handle `id`.
+    "fixed_mask": _Kind(_fixed_mask_layout, _fixed_mask_derive),
+    # Triple with a stored fixed mask: [a] fresh, [c = op(a, b_id)] (or op(b_id, a)).
+    "fixed_triple": _Kind(_fixed_triple_layout, _fixed_triple_derive),
+    # Forget a stored fixed mask (no components).
+    "fixed_release": _Kind(_fixed_release_layout, _fixed_release_derive),
+}

@@ -1,0 +1,163 @@
+"""Layer L2: the dealer process: :class:`TrustedThirdParty` (party side) and :func:`serve_dealer`.
+
+Party 0 sends each batch of requests to the dealer (rank ``world_size``) as one message, tag
+``dealer.request``: a 1-d uint8 tensor holding the UTF-8 JSON list of the requests
+(``[{"kind": ..., **params}, ...]``, never pickle; a ``shutdown`` request ends the dealer).
+The dealer answers with one message, tag ``dealer.reply``: a 1-d int64 tensor, the corrections
+(party 0's derived shares) of every requested item, flattened and concatenated in request
+order. Parties ``1..N-1`` draw everything from their own streams and never exchange a message
+with the dealer after set-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+
+from crypten_lite.comm import Communicator
+from crypten_lite.dealer.core import _layout, dealer_corrections, party_draw
+from crypten_lite.dealer.dealers import Dealer, DealerBatch
+from crypten_lite.dealer.request import DealerRequest, DealerStore
+from crypten_lite.errors import PartyTimeoutError, ProtocolError
+from crypten_lite.prg import PRG
+
+__all__ = ["TrustedThirdParty", "serve_dealer"]
+
+
+_REQUEST_TAG = "dealer.request"
+_REPLY_TAG = "dealer.reply"
+
+
+def _encode_requests(requests: Sequence[DealerRequest]) -> torch.Tensor:
+    raw = json.dumps([r.to_json() for r in requests], separators=(",", ":")).encode("utf-8")
+    return (
+        torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        if raw
+        else torch.empty(0, dtype=torch.uint8)
+    )
+
+
+def _decode_requests(tensor: torch.Tensor) -> list[DealerRequest]:
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise ProtocolError("dealer request must be a 1-d uint8 tensor of JSON")
+    try:
+        items = json.loads(bytes(tensor.numpy()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"dealer request is not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ProtocolError("dealer request must be a JSON list")
+    return [DealerRequest.from_json(item) for item in items]
+
+
+class TrustedThirdParty(Dealer):
+    """The client side of the dealer process (see the module docstring).
+
+    Party 0 sends the batch of requests to the dealer and receives its corrections, one round
+    trip; every other party draws everything locally and sends nothing.
+    """
+
+    def __init__(self, rank: int, world_size: int, own: PRG, comm: Communicator) -> None:
+        super().__init__(rank, world_size)
+        if not comm.has_dealer:
+            raise ValueError("TrustedThirdParty needs a communicator connected to a dealer")
+        self._own = own
+        self._comm = comm
+        self._closed = False
+        self._pending: list[DealerRequest] = []
+        self._inflight: deque[DealerBatch] = deque()
+
+    def _release(self, request: DealerRequest) -> None:
+        if self.rank == 0:
+            self._pending.append(request)
+
+    def fetch(self, requests: Sequence[DealerRequest]) -> list[list[torch.Tensor]]:
+        return self.request(requests).items()
+
+    def request(self, requests: Sequence[DealerRequest]) -> DealerBatch:
+        drawn = [party_draw(self._own, r, self.rank) for r in requests]
+        free = [f for f, _ in drawn]
+        if self.rank != 0:
+            return DealerBatch(free, [f + d for f, d in drawn])
+        # Pending releases have no components: they ride along in front of this batch.
+        pending, self._pending = self._pending, []
+        self._comm.send(
+            self._comm.dealer_rank, _encode_requests([*pending, *requests]), _REQUEST_TAG
+        )
+        batch = DealerBatch(free, finish=lambda: self._receive(requests, free, batch))
+        self._inflight.append(batch)
+        return batch
+
+    def _receive(
+        self, requests: Sequence[DealerRequest], free: list[list[torch.Tensor]], batch: DealerBatch
+    ) -> list[list[torch.Tensor]]:
+        # Replies come in request order: complete every earlier batch first.
+        while self._inflight and self._inflight[0] is not batch:
+            self._inflight[0].items()
+        if self._inflight:
+            self._inflight.popleft()
+        flat = self._comm.recv(self._comm.dealer_rank, _REPLY_TAG)
+        out, offset = [], 0
+        for request, f in zip(requests, free, strict=True):
+            corrections = []
+            for shape, _kind in _layout(request)[1]:
+                n = math.prod(shape)
+                corrections.append(flat[offset : offset + n].reshape(shape))
+                offset += n
+            out.append(f + corrections)
+        if offset != flat.numel():
+            raise ProtocolError(
+                f"party 0: dealer reply has {flat.numel()} elements, expected {offset}"
+            )
+        return out
+
+    def close(self) -> None:
+        if self.rank == 0 and not self._closed:
+            self._closed = True
+            while self._inflight:  # collect replies nobody waited for
+                self._inflight[0].items()
+            self._comm.send(
+                self._comm.dealer_rank, _encode_requests([DealerRequest("shutdown")]), _REQUEST_TAG
+            )
+
+
+def serve_dealer(
+    comm: Communicator, streams: Sequence[PRG], *, idle_timeout_s: float | None = None
+) -> int:
+    """Run the dealer: answer party 0's requests until it says ``shutdown``.
+
+    Args:
+        comm: the dealer's communicator (rank ``world_size``).
+        streams: the dealer's PRG with each party, indexed by rank.
+        idle_timeout_s: give up after this long without a request (``None``: wait forever; the
+            launcher stops the dealer when the parties exit).
+
+    Returns:
+        The number of items served.
+    """
+    served = 0
+    idle = 0.0
+    store = DealerStore()
+    while True:
+        try:
+            payload = comm.recv(0, _REQUEST_TAG)
+        except PartyTimeoutError:
+            idle += comm.timeout_s
+            if idle_timeout_s is not None and idle >= idle_timeout_s:
+                raise
+            continue
+        idle = 0.0
+        requests = _decode_requests(payload)
+        if any(r.kind == "shutdown" for r in requests):
+            return served
+        corrections = [c for r in requests for c in dealer_corrections(streams, r, store)[1]]
+        flat = (
+            torch.cat([c.reshape(-1) for c in corrections])
+            if corrections
+            else torch.empty(0, dtype=torch.int64)
+        )
+        comm.send(0, flat, _REPLY_TAG)
+        served += len(requests)
