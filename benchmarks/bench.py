@@ -1,0 +1,962 @@
+#!/usr/bin/env python3
+"""Benchmark crypten_lite against plaintext PyTorch on the CrypTen peer benchmark's workloads.
+
+Mirrors ``bench_crypten.py`` of the CrypTen peer folder, so ``benchmarks/compare.py`` can put the
+two side by side. The peer folder is found at ``../shared/peers/crypten`` beside the repository
+(``Path(__file__).parents[2] / "shared/peers/crypten"``), or wherever ``--peer-dir`` /
+``CRYPTEN_PEER_DIR`` say. Its ``workloads.py`` defines everything we run: names, shapes, seeded
+inputs (micro-op ``i`` uses ``gen(100 + i)``), model architectures and seeds, training data and
+hyper-parameters, plaintext references.
+
+Groups and ownership (as the peer):
+
+* ``micro``: every op of ``workloads.MICRO`` on encrypted operands, operand ``i`` shared by
+  party ``i % 2``. ``--level api`` (default) times the torch-style call on ``MPCTensor`` s under
+  ``torch.no_grad()`` — like CrypTen's ``spec["api"]`` on its ``CrypTensor`` s; ``--level
+  protocol`` times the protocol function on raw shares instead (the difference is the tensor
+  layer's overhead).
+* ``inference``: ``workloads.INFERENCE``; the seeded plaintext model is encrypted with
+  ``crypten_lite.encrypt_module(model, src=0)``, the input shared by party 1, then the
+  unmodified ``torch.nn`` model runs on it. Rows ``*_reuse`` are an **extra** without a CrypTen
+  counterpart: the same model with ``crypten_lite.nn.reuse_weight_masks`` (the weights' Beaver
+  masks are opened once in the untimed set-up, as a server does for its first batch).
+* ``training``: ``logreg`` (100 SGD steps, batch 100, lr 1.0, ``BCEWithLogitsLoss``) and
+  ``mlp_train`` (5 steps on one batch of 64, lr 0.1, ``CrossEntropyLoss`` with one-hot encrypted
+  targets), model from party 0, data and labels from party 1, unmodified ``torch.optim.SGD`` on
+  the encrypted parameters.
+
+Timing (the peer's rules): parties are real processes (``crypten_lite.launch``: ZeroMQ over
+IPC; ``--link`` picks TCP or a shaped network instead), with our dealer process for
+``--provider TTP``. Inputs are shared outside the timed region; every repetition starts after a
+barrier; a repetition's time is the max over the parties; the reported time is the median of
+``--reps`` repetitions after ``--warmup`` warm-up calls. The first warm-up call is the counted
+one: rounds and bytes of one call, and its output is revealed (outside the timed region),
+decoded exactly and compared with plaintext torch in float64. Training: one counted step on a
+throw-away copy of the model, then every step of a fresh copy timed (barrier before each); the
+losses are revealed after the timing and the final weights evaluated in plaintext on the
+training data. Plaintext is timed in this process, same thread count, before the parties start.
+
+Communication, per party: ``bytes_rank*`` is CrypTen's convention (sent + received; the number
+to compare with the peer's ``bytes``); ``bytes_sent_rank*`` is what a party sends (tensor
+payload, to parties and dealer). ``rounds`` counts communication calls between parties
+(CrypTen's meaning); ``dealer_round_trips_rank0`` counts party 0's requests to the dealer
+process (``--provider TTP``; CrypTen's TTP counts its own party-TTP calls in ``rounds``).
+
+Adding a workload: put an object with ``group``, ``plain()`` (plaintext timing, parent
+process) and ``measure(party, opts)`` (the MPC measurement, inside a party) into
+:data:`WORKLOADS`; subclass :class:`Timed` for a call timed like the micro-ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+
+import crypten_lite
+from crypten_lite.encoding import decode
+from crypten_lite.party import Party
+from crypten_lite.protocols import activations, comparison, elementary
+from crypten_lite.protocols import arithmetic as A
+from crypten_lite.protocols.opening import open_shares
+from crypten_lite.tensor import MPCTensor
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PEER_DIR = Path(__file__).resolve().parents[2] / "shared" / "peers" / "crypten"
+PEER_ENV = "CRYPTEN_PEER_DIR"
+WORLD_SIZE = 2
+GROUPS = ("micro", "inference", "training")
+LINKS = ("ipc", "loopback", "lan", "wan")
+DEALER_TAGS = ("dealer.request", "dealer.reply")
+BARRIER_TAG = "bench.barrier"
+MODEL_OWNER, DATA_OWNER = 0, 1
+
+# The peer's framework-neutral workload definitions (``workloads.py``), set by load_peer().
+W: Any = None
+
+
+def peer_dir_default() -> Path:
+    """``$CRYPTEN_PEER_DIR``, else ``../shared/peers/crypten`` beside the repository."""
+    return Path(os.environ.get(PEER_ENV) or DEFAULT_PEER_DIR)
+
+
+def load_peer(peer_dir: str | os.PathLike[str]) -> ModuleType:
+    """Import the peer's ``workloads.py`` (once per process) and return it."""
+    global W
+    path = Path(peer_dir) / "workloads.py"
+    if W is not None and getattr(W, "__file__", None) == str(path):
+        return W  # type: ignore[no-any-return]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no workloads.py in {peer_dir}: pass --peer-dir DIR or set {PEER_ENV} (the CrypTen "
+            "peer folder, by default ../shared/peers/crypten beside the repository)"
+        )
+    spec = importlib.util.spec_from_file_location("crypten_peer_workloads", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    W = module
+    return module
+
+
+# --------------------------------------------------------------------------- party helpers
+Out = MPCTensor | tuple[torch.Tensor, int]  # a secret output, or (share, fractional bits)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every party needs to know about the run (plain values: they cross processes)."""
+
+    reps: int
+    warmup: int
+    level: str
+
+
+def _encrypt(t: torch.Tensor, src: int, party: Party) -> MPCTensor:
+    """``cryptensor`` of party ``src``'s ``t`` (every party knows the shape: no extra round)."""
+    value = t if party.rank == src else None
+    return crypten_lite.cryptensor(value, src=src, shape=tuple(t.shape), party=party)  # type: ignore[no-any-return]
+
+
+def reveal_exact(party: Party, out: Out) -> torch.Tensor:
+    """Open a secret and decode it exactly into float64 (``int64 / 2**f``)."""
+    share_, frac = (out.share, out.frac_bits) if isinstance(out, MPCTensor) else out
+    opened = open_shares([share_.contiguous()], party, tag="bench.reveal")
+    assert opened is not None
+    return decode(opened[0], frac, torch.float64)
+
+
+def errors(got: torch.Tensor, ref: torch.Tensor, boolean: bool = False) -> dict[str, Any]:
+    """The peer's error fields (our decoder is exact, so both error columns agree)."""
+    ref = ref.detach().double()
+    err = (got - ref).abs()
+    big = ref.abs() >= 1e-2
+    rel = (err[big] / ref.abs()[big]).max() if bool(big.any()) else torch.tensor(0.0)
+    row: dict[str, Any] = dict(
+        max_abs_err=float(err.max()),
+        mean_abs_err=float(err.mean()),
+        max_rel_err=float(rel),
+        max_abs_err_get_plain_text=float(err.max()),
+        n_elems=int(ref.numel()),
+    )
+    if boolean:
+        row["mismatches"] = int((got.round() != ref).sum())
+    return row
+
+
+def counts(stats: Any) -> dict[str, float]:
+    """One call's communication, split into party-to-party and party-to-dealer traffic."""
+    party_rounds = party_sent = party_recv = 0
+    dealer_msgs = dealer_sent = dealer_recv = 0
+    for tag, s in stats.by_tag.items():
+        if tag in DEALER_TAGS:
+            dealer_msgs += s.messages_sent
+            dealer_sent += s.bytes_sent
+            dealer_recv += s.bytes_received
+        else:
+            party_rounds += s.rounds
+            party_sent += s.bytes_sent
+            party_recv += s.bytes_received
+    return dict(
+        rounds=party_rounds,
+        bytes_sent=party_sent + dealer_sent,
+        bytes_received=party_recv + dealer_recv,
+        party_bytes_sent=party_sent,
+        dealer_bytes_sent=dealer_sent,
+        dealer_bytes_received=dealer_recv,
+        dealer_round_trips=dealer_msgs,
+        comm_time_s=stats.total.wait_s,
+    )
+
+
+def counted(party: Party, fn: Callable[[], Any]) -> tuple[dict[str, float], Any]:
+    """Run ``fn`` once after a barrier and return its communication counts and result."""
+    party.comm.barrier(BARRIER_TAG)
+    party.comm.stats.reset()
+    t0 = time.perf_counter()
+    out = fn()
+    elapsed = time.perf_counter() - t0
+    stats = counts(party.comm.stats)
+    stats["elapsed_s"] = elapsed
+    return stats, out
+
+
+def timed(party: Party, fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall s, CPU s of this process, result) of ``fn`` after a barrier."""
+    party.comm.barrier(BARRIER_TAG)
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+# --------------------------------------------------------------------------- timed workloads
+class Timed:
+    """A call timed like the peer's micro-ops and inference: set-up, counted call, reps."""
+
+    group = "micro"
+    name = ""
+    extra = False  # no CrypTen counterpart
+
+    def plain(self, reps: int, warmup: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def prepare(self, party: Party, opts: Options) -> Any:
+        """Untimed: share the inputs; return the state ``call`` needs."""
+        raise NotImplementedError
+
+    def call(self, party: Party, state: Any) -> Out:
+        """The timed region."""
+        raise NotImplementedError
+
+    def check(self, party: Party, out: Out, state: Any) -> dict[str, Any]:
+        """Untimed: reveal ``out`` and compare it with plaintext."""
+        raise NotImplementedError
+
+    def measure(self, party: Party, opts: Options) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        state = self.prepare(party, opts)
+        setup_s = time.perf_counter() - t0
+        with torch.no_grad():
+            stats, out = counted(party, lambda: self.call(party, state))
+            row = self.check(party, out, state)
+            del out
+            for _ in range(opts.warmup - 1):
+                timed(party, lambda: self.call(party, state))
+            tc = [timed(party, lambda: self.call(party, state))[:2] for _ in range(opts.reps)]
+        row.update(times=[t for t, _ in tc], cpu=[c for _, c in tc], comm=stats, setup_s=setup_s)
+        return row
+
+
+class Micro(Timed):
+    """An op of ``workloads.MICRO``: operand ``i`` shared by party ``i % 2``."""
+
+    group = "micro"
+
+    def __init__(
+        self,
+        name: str,
+        proto: Callable[..., tuple[torch.Tensor, int]],
+        api: Callable[..., Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.proto = proto  # (party, *shares) -> (share, frac) on raw shares
+        self.api = api  # torch-style call on MPCTensors (default: the peer's "api")
+
+    def spec(self) -> tuple[int, dict[str, Any]]:
+        for idx, spec in enumerate(W.MICRO):
+            if spec["name"] == self.name:
+                return idx, spec
+        raise KeyError(f"workloads.MICRO has no {self.name!r}")
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        idx, spec = self.spec()
+        return tuple(spec["make_inputs"](W.gen(100 + idx)))
+
+    @property
+    def desc(self) -> str:
+        return str(self.spec()[1]["desc"])
+
+    def plain(self, reps: int, warmup: int) -> dict[str, Any]:
+        ref, xs = self.spec()[1]["ref"], self.inputs()
+        return time_plain(lambda: ref(*xs), reps, warmup)
+
+    def prepare(self, party: Party, opts: Options) -> Any:
+        xs = self.inputs()
+        enc = [_encrypt(t, i % party.world_size, party) for i, t in enumerate(xs)]
+        if opts.level == "protocol":
+            return opts.level, [e.share for e in enc], xs
+        return opts.level, enc, xs
+
+    def call(self, party: Party, state: Any) -> Out:
+        level, operands, _ = state
+        if level == "protocol":
+            return self.proto(party, *operands)
+        for x in operands:
+            # New data every call, as in CrypTen: drop by-products stashed on the operand by
+            # the previous call (1/x is cached on x for a division's backward).
+            x.mark_written()
+        api = self.api or self.spec()[1]["api"]
+        return api(*operands)  # type: ignore[no-any-return]
+
+    def check(self, party: Party, out: Out, state: Any) -> dict[str, Any]:
+        spec = self.spec()[1]
+        ref = spec["ref"](*state[2])
+        return errors(reveal_exact(party, out), ref, bool(spec.get("boolean", False)))
+
+
+def _f(party: Party, share_: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return share_, party.frac_bits
+
+
+MICRO: list[Micro] = [
+    Micro("mul_1e6", lambda p, x, y: _f(p, A.mul(x, y, p))),
+    Micro("matmul_256", lambda p, x, y: _f(p, A.matmul(x, y, p))),
+    Micro("lt_1e5", lambda p, x, y: (comparison.lt(x, y, p), 0)),
+    Micro("relu_1e5", lambda p, x: _f(p, comparison.relu(x, p)[0])),
+    Micro("exp_1e4", lambda p, x: _f(p, elementary.exp(x, p))),
+    Micro("reciprocal_1e4", lambda p, x: _f(p, elementary.reciprocal(x, p))),
+    Micro("sqrt_1e4", lambda p, x: _f(p, elementary.sqrt(x, p))),
+    Micro("sigmoid_1e4", lambda p, x: _f(p, activations.sigmoid(x, p))),
+    Micro("softmax_128x10", lambda p, x: _f(p, activations.softmax(x, p, dim=1))),
+    Micro(
+        "conv2d_1x1x28x28_6x5x5",
+        lambda p, x, w: _f(p, A.conv2d(x, w, p)),
+        api=lambda x, w: F.conv2d(x, w),  # the peer's api is CrypTen's x.conv2d(w)
+    ),
+    Micro("mul_1", lambda p, x, y: _f(p, A.mul(x, y, p))),
+    Micro("add_1", lambda p, x, y: _f(p, A.add(x, y))),
+]
+
+
+class Inference(Timed):
+    """A model of ``workloads.INFERENCE``: weights from party 0, input from party 1."""
+
+    group = "inference"
+
+    def __init__(self, name: str, reuse_masks: bool = False) -> None:
+        self.base = name
+        self.reuse_masks = reuse_masks
+        self.extra = reuse_masks
+        self.name = f"{name}_reuse" if reuse_masks else name
+
+    def spec(self) -> dict[str, Any]:
+        return next(s for s in W.INFERENCE if s["name"] == self.base)
+
+    @property
+    def desc(self) -> str:
+        extra = ", extra: reuse_weight_masks" if self.reuse_masks else ""
+        spec = self.spec()
+        return f"{spec['model'].__name__}, batch {spec['batch']}{extra}"
+
+    def model_and_input(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        spec = self.spec()
+        return W.seeded_model(spec["model"], spec["seed"]), W.inference_input(spec)
+
+    def plain(self, reps: int, warmup: int) -> dict[str, Any]:
+        model, x = self.model_and_input()
+        return time_plain(lambda: model(x), reps, warmup)
+
+    def prepare(self, party: Party, opts: Options) -> Any:
+        model, x = self.model_and_input()
+        with torch.no_grad():
+            ref = model(x)
+        crypten_lite.encrypt_module(model, src=MODEL_OWNER, party=party)
+        cx = _encrypt(x, DATA_OWNER, party)
+        if self.reuse_masks:
+            crypten_lite.nn.reuse_weight_masks(model)
+            with torch.no_grad():
+                model(cx)  # opens each weight's mask once (what a server's first batch costs)
+        return model, cx, ref
+
+    def call(self, party: Party, state: Any) -> Out:
+        model, cx, _ = state
+        return model(cx)  # type: ignore[no-any-return]
+
+    def check(self, party: Party, out: Out, state: Any) -> dict[str, Any]:
+        ref = state[2]
+        got = reveal_exact(party, out)
+        row = errors(got, ref)
+        row["argmax_agreement"] = float((got.argmax(dim=1) == ref.argmax(dim=1)).double().mean())
+        return row
+
+
+# --------------------------------------------------------------------------- training
+class Training:
+    """SGD training of ``workloads.LOGREG`` or ``MLP_TRAIN`` with unmodified torch code."""
+
+    group = "training"
+    extra = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def desc(self) -> str:
+        if self.name == "logreg":
+            c = W.LOGREG
+            return (
+                f"logistic regression {c['n']}x{c['d']}, batch {c['batch']}, "
+                f"{c['epochs']} epochs, lr {c['lr']}"
+            )
+        c = W.MLP_TRAIN
+        return f"MLP 784-128-128-10, batch {c['batch']}, {c['steps']} steps, lr {c['lr']}"
+
+    def lr(self) -> float:
+        return float((W.LOGREG if self.name == "logreg" else W.MLP_TRAIN)["lr"])
+
+    def model(self) -> torch.nn.Module:
+        return W.logreg_model() if self.name == "logreg" else W.mlp_train_model()  # type: ignore[no-any-return]
+
+    def loss_fn(self) -> torch.nn.Module:
+        if self.name == "logreg":
+            return torch.nn.BCEWithLogitsLoss()
+        return torch.nn.CrossEntropyLoss()
+
+    def plain_batches(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Any]:
+        """Plaintext batches (targets as torch's loss takes them) and the full data."""
+        if self.name == "logreg":
+            x, y = W.logreg_data()
+            b, n = W.LOGREG["batch"], W.LOGREG["n"]
+            batches = [
+                (x[i : i + b], y[i : i + b])
+                for _ in range(W.LOGREG["epochs"])
+                for i in range(0, n, b)
+            ]
+            return batches, (x, y)
+        x, labels, _ = W.mlp_train_data()
+        return [(x, labels)] * W.MLP_TRAIN["steps"], (x, labels)
+
+    def plain(self, reps: int, warmup: int) -> dict[str, Any]:
+        """The peer's plaintext run: warm-up on a few batches, then every step timed."""
+        batches, data = self.plain_batches()
+        _plain_train(self.model(), batches[: 3 if self.name == "logreg" else 2], self)
+        times, losses, model = _plain_train(self.model(), batches, self)
+        return dict(step_times=times, losses=losses, model=model, data=data)
+
+    def encrypted_batches(self, party: Party) -> list[tuple[Any, Any]]:
+        """Data and labels shared by party 1 (untimed); batches are views, as in the peer."""
+        if self.name == "logreg":
+            x, y = W.logreg_data()
+            cx, cy = _encrypt(x, DATA_OWNER, party), _encrypt(y, DATA_OWNER, party)
+            b, n = W.LOGREG["batch"], W.LOGREG["n"]
+            return [
+                (cx[i : i + b], cy[i : i + b])
+                for _ in range(W.LOGREG["epochs"])
+                for i in range(0, n, b)
+            ]
+        x, _, onehot = W.mlp_train_data()
+        cx, cy = _encrypt(x, DATA_OWNER, party), _encrypt(onehot, DATA_OWNER, party)
+        return [(cx, cy)] * W.MLP_TRAIN["steps"]
+
+    def measure(self, party: Party, opts: Options) -> dict[str, Any]:
+        batches = self.encrypted_batches(party)
+        loss_fn = self.loss_fn()
+
+        def trainer() -> tuple[torch.nn.Module, Callable[[Any, Any], Any]]:
+            model = self.model()
+            crypten_lite.encrypt_module(model, src=MODEL_OWNER, party=party)
+            opt = torch.optim.SGD(model.parameters(), lr=self.lr())
+
+            def step(xb: Any, yb: Any) -> Any:
+                opt.zero_grad()
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                opt.step()
+                return loss.detach()
+
+            return model, step
+
+        _, step = trainer()  # a throw-away copy: the counted warm-up step
+        stats, _ = counted(party, lambda: step(*batches[0]))
+        model, step = trainer()
+        times, cpus, losses = [], [], []
+        for xb, yb in batches:
+            t, c, loss = timed(party, lambda: step(xb, yb))  # noqa: B023
+            times.append(t)
+            cpus.append(c)
+            losses.append(loss)
+        losses_pub = [float(reveal_exact(party, loss)) for loss in losses]
+        params = {
+            name: reveal_exact(party, cast(MPCTensor, p.detach())).float()
+            for name, p in model.named_parameters()
+        }
+        return dict(
+            step_times=times, step_cpu=cpus, comm_per_step=stats, losses=losses_pub, params=params
+        )
+
+
+def _plain_train(
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], wl: Training
+) -> tuple[list[float], list[float], torch.nn.Module]:
+    opt = torch.optim.SGD(model.parameters(), lr=wl.lr())
+    loss_fn = wl.loss_fn()
+    times, losses = [], []
+    for xb, yb in batches:
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    return times, losses, model
+
+
+# --------------------------------------------------------------------------- the registry
+WORKLOADS: dict[str, Any] = {
+    **{m.name: m for m in MICRO},
+    **{n: Inference(n) for n in ("mlp_b1", "mlp_b64", "lenet_b1", "lenet_b64")},
+    **{f"{n}_reuse": Inference(n, reuse_masks=True) for n in ("mlp_b64", "lenet_b64")},
+    "logreg": Training("logreg"),
+    "mlp_train": Training("mlp_train"),
+}
+
+
+def party_main(names: list[str], reps: int, warmup: int, level: str, peer_dir: str) -> Any:
+    """Run the named workloads on this party (inside ``crypten_lite.launch``)."""
+    load_peer(peer_dir)
+    party = crypten_lite.get_party()
+    opts = Options(reps=reps, warmup=warmup, level=level)
+    return {name: WORKLOADS[name].measure(party, opts) for name in names}
+
+
+# --------------------------------------------------------------------------- plaintext
+def time_plain(
+    fn: Callable[[], Any], reps: int, warmup: int, min_rep_s: float = 0.02
+) -> dict[str, Any]:
+    """Median seconds per call; calls shorter than ``min_rep_s`` are looped (the peer's rule)."""
+    with torch.no_grad():
+        for _ in range(max(1, warmup)):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        inner = max(1, int(min_rep_s / max(time.perf_counter() - t0, 1e-7)))
+        times, cpus = [], []
+        for _ in range(reps):
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - t0) / inner)
+            cpus.append((time.process_time() - c0) / inner)
+    return dict(
+        plain_median_s=statistics.median(times),
+        plain_cpu_median_s=statistics.median(cpus),
+        plain_inner_loops=inner,
+    )
+
+
+# --------------------------------------------------------------------------- machine load
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / _HZ
+
+
+def _own_cpu_s() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _busy_fraction(interval: float) -> float:
+    b0, t0 = _machine_busy_s(), time.perf_counter()
+    time.sleep(interval)
+    return (_machine_busy_s() - b0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+
+
+class LoadMonitor:
+    """CPU-seconds used by other processes while a group runs (the machine may be shared)."""
+
+    def __init__(self, group: str, wait_s: float) -> None:
+        self.group, self.wait_s = group, wait_s
+
+    def __enter__(self) -> LoadMonitor:
+        start = time.perf_counter()
+        busy = _busy_fraction(0.5)
+        while busy >= 0.10 and time.perf_counter() - start < self.wait_s:
+            time.sleep(2.0)
+            busy = _busy_fraction(1.0)
+        self.busy_before = busy
+        if busy > 0.10:
+            print(
+                f"[warning] CPUs {busy:.0%} busy before the {self.group} group: other processes "
+                "share the machine, wall times will be inflated",
+                flush=True,
+            )
+        self.b0, self.o0, self.t0 = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        foreign = max(0.0, (_machine_busy_s() - self.b0) - (_own_cpu_s() - self.o0))
+        self.info = dict(
+            busy_fraction_before=round(self.busy_before, 3),
+            group_wall_s=round(wall, 2),
+            foreign_cpu_s=round(foreign, 2),
+            foreign_cores_avg=round(foreign / wall, 3) if wall > 0 else 0.0,
+        )
+
+    def note(self) -> str:
+        i = self.info
+        return (
+            f"[load] CPUs {i['busy_fraction_before']:.0%} busy before; other processes used "
+            f"{i['foreign_cpu_s']:.1f} CPU-s during the {i['group_wall_s']:.1f} s group "
+            f"(= {i['foreign_cores_avg']:.2f} cores on average)"
+        )
+
+
+# --------------------------------------------------------------------------- merging
+def _comm_fields(c0: dict[str, Any], c1: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+    """Our communication fields (the peer's names where it has them)."""
+    return {
+        f"bytes_sent{suffix}_rank0": c0["bytes_sent"],
+        f"bytes_sent{suffix}_rank1": c1["bytes_sent"],
+        f"party_bytes_sent{suffix}_rank0": c0["party_bytes_sent"],
+        f"dealer_bytes{suffix}_rank0": c0["dealer_bytes_sent"] + c0["dealer_bytes_received"],
+        f"dealer_round_trips{suffix}_rank0": c0["dealer_round_trips"],
+        f"comm_time_s{suffix}_rank0": c0["comm_time_s"],
+    }
+
+
+def merge_timed(
+    per_rank: list[dict[str, Any]], plain: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per-rep max over parties, then the median; comm of one call; the peer's row layout."""
+    rows = {}
+    for name, r0 in per_rank[0].items():
+        r1 = per_rank[1][name]
+        reps = [max(ts) for ts in zip(*(r[name]["times"] for r in per_rank), strict=True)]
+        cpu = [sum(cs) for cs in zip(*(r[name]["cpu"] for r in per_rank), strict=True)]
+        c0, c1 = r0["comm"], r1["comm"]
+        row = {k: v for k, v in r0.items() if k not in ("times", "cpu", "comm")}
+        row.update(
+            mpc_median_s=statistics.median(reps),
+            mpc_min_s=min(reps),
+            mpc_max_s=max(reps),
+            mpc_reps_s=reps,
+            mpc_cpu_median_s=statistics.median(cpu),
+            rounds=c0["rounds"],
+            bytes_rank0=c0["bytes_sent"] + c0["bytes_received"],
+            bytes_rank1=c1["bytes_sent"] + c1["bytes_received"],
+            rounds_rank1=c1["rounds"],
+            **_comm_fields(c0, c1),
+            first_call_s_rank0=c0["elapsed_s"],
+            **plain[name],
+        )
+        row["ratio"] = row["mpc_median_s"] / row["plain_median_s"]
+        wl = WORKLOADS[name]
+        if wl.extra:
+            row.update(extra=True, base=wl.base)
+        rows[name] = row
+    return rows
+
+
+def _evaluate(name: str, model: torch.nn.Module, data: Any) -> tuple[float, float]:
+    """Full-data loss and accuracy of ``model`` in plaintext (the peer's evaluation)."""
+    x, y = data
+    out = model(x)
+    if name == "logreg":
+        loss = torch.nn.BCEWithLogitsLoss()(out, y).item()
+        acc = ((out > 0).float() == y).float().mean().item()
+    else:
+        loss = torch.nn.CrossEntropyLoss()(out, y).item()
+        acc = (out.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+def merge_training(
+    per_rank: list[dict[str, Any]], plain: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The peer's training row: step times, losses vs plaintext, final weights evaluated."""
+    rows = {}
+    for name, r0 in per_rank[0].items():
+        r1 = per_rank[1][name]
+        steps = [max(a, b) for a, b in zip(r0["step_times"], r1["step_times"], strict=True)]
+        cpu = [a + b for a, b in zip(r0["step_cpu"], r1["step_cpu"], strict=True)]
+        p = plain[name]
+        model = p["model"]
+        mpc_model = copy.deepcopy(model)
+        with torch.no_grad():
+            for pname, param in mpc_model.named_parameters():
+                param.copy_(r0["params"][pname])
+            full_plain, acc_plain = _evaluate(name, model, p["data"])
+            full_mpc, acc_mpc = _evaluate(name, mpc_model, p["data"])
+            wdiff = max(
+                (a - b).abs().max().item()
+                for a, b in zip(model.parameters(), mpc_model.parameters(), strict=True)
+            )
+        c0, c1 = r0["comm_per_step"], r1["comm_per_step"]
+        rows[name] = dict(
+            steps=len(steps),
+            mpc_step_median_s=statistics.median(steps),
+            mpc_step_first_s=steps[0],
+            mpc_total_s=sum(steps),
+            mpc_step_times_s=steps,
+            mpc_step_cpu_median_s=statistics.median(cpu),
+            plain_step_median_s=statistics.median(p["step_times"]),
+            plain_total_s=sum(p["step_times"]),
+            ratio=statistics.median(steps) / statistics.median(p["step_times"]),
+            rounds_per_step=c0["rounds"],
+            bytes_per_step_rank0=c0["bytes_sent"] + c0["bytes_received"],
+            bytes_per_step_rank1=c1["bytes_sent"] + c1["bytes_received"],
+            **_comm_fields(c0, c1, "_per_step"),
+            mpc_losses=r0["losses"],
+            plain_losses=p["losses"],
+            final_step_loss_mpc=r0["losses"][-1],
+            final_step_loss_plain=p["losses"][-1],
+            final_full_loss_mpc=full_mpc,
+            final_full_loss_plain=full_plain,
+            train_acc_mpc=acc_mpc,
+            train_acc_plain=acc_plain,
+            max_abs_param_diff=wdiff,
+            max_abs_loss_diff=max(
+                abs(a - b) for a, b in zip(r0["losses"], p["losses"], strict=True)
+            ),
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- printing
+def fmt_s(s: float) -> str:
+    return f"{s * 1e3:.2f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} us"
+
+
+def fmt_b(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return str(n)
+
+
+def print_timed(title: str, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n== {title} ==")
+    hdr = (
+        f"{'workload':<24} {'mpc wall':>10} {'mpc cpu':>10} {'plain':>10} {'ratio':>8} "
+        f"{'rounds':>6} {'sent/party':>11} {'CrypTen B':>11} {'max abs err':>11} "
+        f"{'max rel err':>11}  notes"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in rows.items():
+        notes = []
+        if "mismatches" in r:
+            notes.append(f"mismatches={r['mismatches']}/{r['n_elems']}")
+        if "argmax_agreement" in r:
+            notes.append(f"argmax agree={r['argmax_agreement']:.3f}")
+        if r["dealer_round_trips_rank0"]:
+            notes.append(f"+{r['dealer_round_trips_rank0']} dealer trips")
+        if r.get("extra"):
+            notes.append("extra")
+        print(
+            f"{name:<24} {fmt_s(r['mpc_median_s']):>10} {fmt_s(r['mpc_cpu_median_s']):>10} "
+            f"{fmt_s(r['plain_median_s']):>10} {r['ratio']:>7.0f}x {r['rounds']:>6} "
+            f"{fmt_b(r['bytes_sent_rank0']):>11} {fmt_b(r['bytes_rank0']):>11} "
+            f"{r['max_abs_err']:>11.2e} {r['max_rel_err']:>11.2e}  {'; '.join(notes)}"
+        )
+
+
+def print_training(title: str, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n== {title} ==")
+    for name, r in rows.items():
+        print(
+            f"{name}: {r['steps']} steps; step median MPC {fmt_s(r['mpc_step_median_s'])} "
+            f"(cpu {fmt_s(r['mpc_step_cpu_median_s'])}, first {fmt_s(r['mpc_step_first_s'])}, "
+            f"total {r['mpc_total_s']:.2f} s) vs plain {fmt_s(r['plain_step_median_s'])} -> "
+            f"{r['ratio']:.0f}x; {r['rounds_per_step']} rounds, "
+            f"{fmt_b(r['bytes_per_step_rank0'])}/party per step (CrypTen's count)"
+        )
+        print(
+            f"    final step loss MPC {r['final_step_loss_mpc']:.4f} vs plain "
+            f"{r['final_step_loss_plain']:.4f} (max |diff| over steps "
+            f"{r['max_abs_loss_diff']:.1e}); full-data loss MPC {r['final_full_loss_mpc']:.4f} "
+            f"vs plain {r['final_full_loss_plain']:.4f}; train acc MPC {r['train_acc_mpc']:.3f} "
+            f"vs plain {r['train_acc_plain']:.3f}; max |param diff| {r['max_abs_param_diff']:.2e}"
+        )
+
+
+# --------------------------------------------------------------------------- driver
+def run_parties(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start the parties over ``args.link`` and run ``party_main`` on each."""
+    call_args = (names, args.reps, args.warmup, args.level, str(args.peer_dir))
+    dealer = args.provider == "TTP"
+    if args.link == "ipc":
+        return crypten_lite.launch(
+            party_main,
+            WORLD_SIZE,
+            args=call_args,
+            dealer=dealer,
+            threads=args.threads,
+            timeout_s=args.timeout,
+            quiet=True,
+        )
+    from netlink import launch_shaped
+
+    return launch_shaped(
+        party_main,
+        WORLD_SIZE,
+        args=call_args,
+        link=args.link,
+        dealer=dealer,
+        threads=args.threads,
+        timeout_s=args.timeout,
+    )
+
+
+def link_problem(link: str) -> str | None:
+    """Why ``--link`` cannot be used here, or ``None``."""
+    if link == "ipc":
+        return None
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    try:
+        from netlink import link_unavailable
+    except ImportError as exc:  # tests/netns lives in the repository checkout
+        return f"benchmarks/netlink.py cannot be imported: {exc}"
+    return link_unavailable(link)
+
+
+def source_info() -> dict[str, str | None]:
+    """Which crypten_lite is measured: its folder and ``git describe`` of its checkout."""
+    where = Path(crypten_lite.__file__).resolve().parents[1]
+    try:
+        git = subprocess.run(
+            ["git", "-C", str(where), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return dict(crypten_lite_path=str(where), git=git)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--groups", default=",".join(GROUPS), help="comma list of micro, inference, training"
+    )
+    ap.add_argument("--only", default="", help="comma list of workload names (default: all)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up calls, >= 1 (first counted)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per party (default 1)")
+    ap.add_argument(
+        "--provider",
+        default="TFP",
+        choices=["TFP", "TTP"],
+        help="TFP: party 0 deals (insecure, like CrypTen's default); TTP: our dealer process",
+    )
+    ap.add_argument(
+        "--link",
+        default="ipc",
+        choices=LINKS,
+        help="ipc: ZeroMQ over IPC (default); loopback: TCP on this host; lan/wan: parties in "
+        "shaped network namespaces (benchmarks/netlink.py; needs root)",
+    )
+    ap.add_argument(
+        "--level",
+        default="api",
+        choices=["api", "protocol"],
+        help="micro-ops through the MPCTensor API (default, like CrypTen) or the protocol "
+        "functions on raw shares",
+    )
+    ap.add_argument(
+        "--peer-dir",
+        type=Path,
+        default=None,
+        help=f"the CrypTen peer folder (default: ${PEER_ENV}, else {DEFAULT_PEER_DIR})",
+    )
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="per-group limit in seconds")
+    ap.add_argument("--json", default="", help="write all results to this JSON file")
+    args = ap.parse_args(argv)
+    args.warmup = max(1, args.warmup)
+    args.peer_dir = (args.peer_dir or peer_dir_default()).resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        load_peer(args.peer_dir)
+    except FileNotFoundError as exc:
+        print(f"bench.py: {exc}", file=sys.stderr)
+        return 2
+    problem = link_problem(args.link)
+    if problem is not None:
+        print(f"bench.py: --link {args.link} is not available here: {problem}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    groups = [g for g in args.groups.split(",") if g]
+    bad_groups = set(groups) - set(GROUPS)
+    only = set(filter(None, args.only.split(",")))
+    unknown = only - set(WORKLOADS)
+    if bad_groups or unknown:
+        print(
+            f"bench.py: unknown groups {sorted(bad_groups)} / workloads {sorted(unknown)}; "
+            f"known: {', '.join(GROUPS)} / {', '.join(WORKLOADS)}",
+            file=sys.stderr,
+        )
+        return 2
+
+    env = dict(
+        crypten_lite=crypten_lite.__version__,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        cpu=platform.processor() or platform.machine(),
+        ncpu=os.cpu_count(),
+        threads=args.threads,
+        provider=args.provider,
+        precision_bits=crypten_lite.Config().frac_bits,
+        world_size=WORLD_SIZE,
+        reps=args.reps,
+        warmup=args.warmup,
+        transport=args.link,
+        level=args.level,
+        peer_dir=str(args.peer_dir),
+        **source_info(),
+        loadavg_start=os.getloadavg(),
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    print(
+        f"crypten_lite {env['crypten_lite']} | torch {env['torch']} | {env['ncpu']} cpus | "
+        f"provider {args.provider} | link {args.link} | level {args.level} | {WORLD_SIZE} "
+        f"parties | threads/party {args.threads} | reps {args.reps} warmup {args.warmup} | "
+        f"loadavg {tuple(round(x, 2) for x in env['loadavg_start'])}"
+    )
+    results: dict[str, Any] = dict(env=env)
+    for group in groups:
+        names = [n for n, w in WORKLOADS.items() if w.group == group and (not only or n in only)]
+        if not names:
+            continue
+        with LoadMonitor(group, args.wait_idle) as mon:
+            plain = {n: WORKLOADS[n].plain(args.reps, args.warmup) for n in names}
+            t0 = time.perf_counter()
+            per_rank = run_parties(names, args)
+            wall = time.perf_counter() - t0
+        title = f"{group} (MPC part {wall:.1f} s)"
+        if group == "training":
+            rows = merge_training(per_rank, plain)
+            print_training(title, rows)
+        else:
+            rows = merge_timed(per_rank, plain)
+            print_timed(title, rows)
+        print(mon.note())
+        results[group] = rows
+        results[f"load_{group}"] = mon.info
+    env["loadavg_end"] = os.getloadavg()
+    print(f"\nloadavg at end: {tuple(round(x, 2) for x in env['loadavg_end'])}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"launch\(dealer=False\)")
+    sys.exit(main())
