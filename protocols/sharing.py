@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from crypten_lite.encoding import decode, encode
+from crypten_lite.errors import EncodingError
 from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
 
@@ -44,13 +45,23 @@ def share(
     f = party.frac_bits if frac_bits is None else frac_bits
     encoded: torch.Tensor | None = None
     if party.rank == src:
-        if value is None:
-            raise ValueError(f"party {party.rank}: the source party of share() must pass a value")
-        encoded = encode(value, f)
-        if shape is not None and tuple(shape) != tuple(encoded.shape):
-            raise ValueError(
-                f"party {party.rank}: shape {tuple(shape)} given, but the value has shape {tuple(encoded.shape)}"
-            )
+        try:
+            if value is None:
+                raise ValueError(
+                    f"party {party.rank}: the source party of share() must pass a value"
+                )
+            encoded = encode(value, f)
+            if shape is not None and tuple(shape) != tuple(encoded.shape):
+                raise ValueError(
+                    f"party {party.rank}: shape {tuple(shape)} given, but the value has shape "
+                    f"{tuple(encoded.shape)}"
+                )
+        except (EncodingError, ValueError):
+            if shape is None:
+                # The others are waiting for the shape: tell them this input failed, so every
+                # party raises instead of running on into a desynchronised protocol.
+                party.comm.broadcast(torch.tensor([-1], dtype=torch.int64), src, "share.shape")
+            raise
     if shape is None:
         dims = (
             torch.tensor([len(encoded.shape), *encoded.shape], dtype=torch.int64)
@@ -58,6 +69,11 @@ def share(
             else None
         )
         announced = party.comm.broadcast(dims, src, "share.shape").tolist()
+        if not announced or announced[0] < 0 or any(d < 0 for d in announced[1:]):
+            raise EncodingError(
+                f"party {party.rank}: party {src} could not encode its input to share() "
+                "(its own error says why)"
+            )
         shape = tuple(announced[1:])
     zero = party.przs(tuple(shape))
     return zero + encoded if encoded is not None else zero

@@ -102,3 +102,22 @@ def test_opening_checks_what_peers_send(run_parties: Run) -> None:
 
     with pytest.raises(ProtocolError, match="shape"):
         run_parties(fn, 2)
+
+
+def test_unencodable_input_fails_on_every_party(run_parties, world_size) -> None:
+    """A value outside the ring fails on the source *and* on the parties waiting for it."""
+    import torch as _torch
+
+    from crypten_lite.errors import EncodingError as _EncodingError
+    from crypten_lite.protocols.sharing import share as _share
+
+    def fn(party):
+        try:
+            _share(_torch.tensor([1e30]) if party.rank == 0 else None, 0, party)
+        except _EncodingError as exc:
+            return str(exc)
+        return "no error"
+
+    messages = run_parties(fn, world_size)
+    assert "out of the fixed-point range" in messages[0]
+    assert all("party 0 could not encode its input" in m for m in messages[1:])
