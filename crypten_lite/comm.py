@@ -352,7 +352,9 @@ class InProcessHub:
         self.world_size = world_size
         self.has_dealer = has_dealer
         n = world_size + (1 if has_dealer else 0)
-        self._queues = {(s, d): queue.Queue() for s in range(n) for d in range(n) if s != d}
+        self._queues: dict[tuple[int, int], queue.Queue[tuple[bytes, bytes]]] = {
+            (s, d): queue.Queue() for s in range(n) for d in range(n) if s != d
+        }
         self._aborted = threading.Event()
         self.abort_reason = ""
 

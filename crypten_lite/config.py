@@ -115,7 +115,7 @@ def config_from_env(environ: Mapping[str, str] | None = None, **overrides: objec
         raw = env.get(name)
         if raw is None or raw == "":
             continue
-        kind = type(field.default)
+        kind: type = type(field.default)
         try:
             values[field.name] = kind(raw)
         except ValueError:

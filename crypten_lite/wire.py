@@ -180,11 +180,11 @@ def tensor_payload(tensor: torch.Tensor) -> memoryview:
         # contiguous CPU tensors. Empty tensors take the general path (numpy gives them zero
         # strides, which a memoryview cannot cast).
         if tensor.numel():
-            return memoryview(tensor.numpy()).cast("B")
+            return memoryview(tensor.numpy()).cast("B")  # type: ignore[arg-type]
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.device.type != "cpu":
         flat = flat.cpu()
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def tensor_from_payload(header: Header, payload: bytes | bytearray | memoryview) -> torch.Tensor:

@@ -160,7 +160,8 @@ def _fixed_or_share(t: MPCTensor, party: Party) -> torch.Tensor | FixedOperand:
     key = (tuple(share.shape), tuple(share.stride()), share.storage_offset())
     entry = cache.get(key)
     if entry is not None and entry[0] == t._alias.version:
-        return entry[1]
+        fixed: FixedOperand = entry[1]
+        return fixed
     if entry is not None:
         entry[1].release(party)
     fixed = prepare_fixed(share, party)
