@@ -199,8 +199,10 @@ def reciprocal(
        and ``s = [x < 0]`` (4 rounds).
     2. :func:`~crypten_lite.protocols.polynomial.normalize` ``|x| = m * base``, ``m`` in
        ``[1, 16)`` (4 rounds; skipped when the ``lo``/``hi`` hint spans at most a factor 16).
-    3. ``y0 = p(m)``, a degree-8 relative fit of ``1/m`` (error 2%, 3 rounds); two Newton steps
-       ``y <- y (2 - m y)`` (4 rounds) bring it below ``1e-6``.
+    3. ``y0 = p(m)``, a degree-12 relative fit of ``1/m`` (error ``2.7e-3``, 4 rounds; Estrin
+       needs one product more than degree 8); one Newton step ``y <- y (2 - m y)`` (2 rounds)
+       squares the error to below ``1e-5``. With a hint within a factor 16 (softmax): a
+       degree-8 fit on ``[lo, hi]`` (3 rounds) and two Newton steps (4 rounds).
     4. ``1/x = y / base``: one product with the per-bucket public factors. The sign
        ``1 - 2s`` joins ``y`` in the first Newton round (no round of its own).
 
@@ -212,15 +214,16 @@ def reciprocal(
             instead of 9. Inputs outside the promise get garbage.
 
     Domain and error: ``|x|`` in ``[2**-16, 2**16)`` (ring values ``[1, 2**32)``, 8 buckets):
-    error at most ``2e-4 |1/x| + 2`` ulps (measured: relative ``1.4e-5`` where ``|1/x| >= 1``;
+    error at most ``2e-4 |1/x| + 2`` ulps (measured: relative ``2.0e-5`` where ``|1/x| >= 1``;
     below that the fixed-point resolution dominates). ``x = 0`` returns ``2**16`` (saturation,
     documented); ``|x| >= 2**16`` returns 0, within one ulp of ``1/x``. With ``positive``,
     ``x <= 0`` returns ``2**16``. With 2 parties the local truncation behind results near
     ``2**16`` fails with probability up to ``2**-22`` per element.
 
-    Cost (2 parties): 16 rounds (12 with ``positive``; 7 with a ``lo``/``hi`` hint within a
-    factor 16, 11 for signed inputs with it), about ``270`` bytes per element to each peer
-    (9 thresholds plus the sign's comparison; products).
+    Cost (2 parties): 15 rounds (11 with ``positive``; 7 with a ``lo``/``hi`` hint within a
+    factor 16, 11 for signed inputs with it), about ``250`` bytes per element to each peer
+    (9 thresholds plus the sign's comparison; products; measured 252, ``positive`` 206, the
+    hint ``[1, 10]`` with ``positive`` 136).
     Security: semi-honest; comparisons and products as in their modules.
     Reference: normalisation plus Newton-Raphson as in Catrina and Dragulescu, "Secure division
     with fixed-point numbers", and Aly and Smart (ACNS'19) for MPC reciprocals.
@@ -242,10 +245,10 @@ def reciprocal(
     # above 2**(32 - f) = 2**16 the result is below one ulp: the top bucket returns 0
     bounds, top = _buckets(party, lo, hi, 4, top=2 * party.frac_bits)
     norm = normalize(a, party, bounds=bounds, top=top)
-    coeffs = fit(_recip, 1.0, 16.0, 8, True)
+    coeffs = fit(_recip, 1.0, 16.0, 12, True)
     t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
     (y,) = evaluate(t, [coeffs], party, scale, scale)
-    y = _newton_reciprocal(norm.mantissa, y, party, scale, 2, sigma)
+    y = _newton_reciprocal(norm.mantissa, y, party, scale, 1, sigma)
     factors = [float(1 << f), *[1 / b for b in norm.bases], 0.0]
     return scale_by_buckets(y, norm.onehot, factors, party, scale)
 
@@ -256,7 +259,7 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
     Domain: ``y`` as :func:`reciprocal`. Error: ``|x / y|`` times the reciprocal's relative
     error, plus ``|x| * 2**-f`` from the reciprocal's rounding and one ulp.
 
-    Cost: reciprocal + 1 round, 16 more bytes per element to each peer.
+    Cost: reciprocal + 1 round (16), 16 more bytes per element to each peer.
 
     Security: semi-honest, as :func:`reciprocal` and Beaver products.
     Reference: as :func:`reciprocal`.
@@ -294,10 +297,10 @@ def inv_sqrt(
             2 thresholds instead of 10. Inputs outside the promise get garbage.
 
     Domain and error: ``x`` in ``[2**-16, 2**20)``: error at most ``1e-4 |result| + 2`` ulps
-    (measured relative ``4.6e-5`` where the result is at least 1). ``x <= 0`` returns ``2**8``
+    (measured relative ``4.9e-5`` where the result is at least 1). ``x <= 0`` returns ``2**8``
     (saturation); ``x >= 2**20`` returns 0.
 
-    Cost (2 parties): 10 rounds; about ``250`` bytes per element to each peer (10 thresholds;
+    Cost (2 parties): 10 rounds; about ``195`` bytes per element to each peer (10 thresholds;
     fewer with a hint).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
@@ -327,8 +330,8 @@ def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None =
     (measured relative ``1.2e-4``; CrypTen ``4.7e-3`` on its benchmark domain). ``x <= 0``
     returns 0; ``x >= 2**20`` returns ``2**10`` (saturation).
 
-    Cost (2 parties): 9 rounds (CrypTen: 18); about ``235`` bytes per element to each peer (10
-    thresholds; 2 for the hint ``[0.1, 20]``, about ``190`` bytes).
+    Cost (2 parties): 9 rounds (CrypTen: 18); about ``165`` bytes per element to each peer (10
+    thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits

@@ -419,15 +419,31 @@ def scale_by_buckets(
 ) -> Tensor:
     """``v * sum_i onehot_i * factors_i (+ sum_i onehot_i * add_i)`` at scale ``f``, one round.
 
-    The factors are split into a part >= 1 (encoded at scale 0 when they are powers of two,
-    else with as many fractional bits as keep the product below ``2**42``) and a part < 1
-    (encoded at scale 20), so neither product leaves ``2**42`` for results up to ``2**16``.
+    When every nonzero factor is a power of two and ``v`` times the largest, with the smallest
+    exact, stays below ``2**42`` (e.g. sqrt, inv_sqrt: factors ``2**-8 .. 2**10``), one product.
+    Otherwise the factors are split into a part >= 1 (encoded at scale 0 when they are powers
+    of two, else with as many fractional bits as keep the product below ``2**42``) and a part
+    < 1 (encoded at scale 20), so neither product leaves ``2**42`` for results up to ``2**16``.
 
-    Cost: 1 round, ``32`` bytes per element to each peer.
+    Cost: 1 round, ``16`` bytes per element to each peer (one product), else ``32``.
     Security: semi-honest, as Beaver products.
     Reference: Beaver, CRYPTO'91.
     """
     f = party.frac_bits
+    nonzero = [abs(fa) for fa in factors if fa != 0]
+    if nonzero and all(math.frexp(a)[0] == 0.5 for a in nonzero):
+        # powers of two only (sqrt, inv_sqrt): one product, the factors at ``bits`` fractional
+        # bits, when v (below 4 at scale_v) times the largest stays below 2**42
+        bits = max(0, -min(math.frexp(a)[1] - 1 for a in nonzero))
+        top_bits = max(math.frexp(a)[1] - 1 for a in nonzero)
+        if scale_v + 2 + top_bits + bits <= 42 and scale_v + bits >= f:
+            w = torch.tensor([round(fa * (1 << bits)) for fa in factors], dtype=torch.int64)
+            view1 = (-1,) + (1,) * (onehot.dim() - 1)
+            (out,) = mul_many([(v, (onehot * w.view(view1)).sum(0))], party, [scale_v + bits - f])
+            if add is not None:
+                w_add = torch.tensor([round(a * (1 << f)) for a in add], dtype=torch.int64)
+                out = out + (onehot * w_add.view(view1)).sum(0)
+            return out
     big = [fa if abs(fa) >= 1 else 0.0 for fa in factors]
     small = [fa if abs(fa) < 1 else 0.0 for fa in factors]
     exact = all(b == 0 or math.frexp(abs(b))[0] == 0.5 for b in big)

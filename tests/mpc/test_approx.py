@@ -229,3 +229,49 @@ def test_dealer_process_path(run_parties: Run) -> None:
         check("recip", res["recip"], 1 / (xe + 16), 2e-4, 2 * ULP)
         check("sqrt", res["sqrt"], torch.sqrt(pe), 2e-4, 2 * ULP)
         check("softmax", res["softmax"], torch.softmax(xe.view(30, 10), 1), 0, 2e-4)
+
+
+def test_roots_reciprocal_domain_edges_and_cost(run_parties: Run) -> None:
+    """Every small ring value and the top of each documented domain, against the documented
+    bounds; rounds and bytes of the 2-party protocols as their docstrings state."""
+    small = torch.arange(1, 2049, dtype=torch.float64) * ULP
+    top_r = geo(2.0**12, 2.0**16 * 0.9999, 300)
+    top_s = geo(2.0**16, 2.0**20 * 0.9999, 300)
+    xr = torch.cat([small, top_r])
+    xs = torch.cat([small, top_s])
+
+    def fn(party: Party) -> dict[str, Any]:
+        sr = share(xr if party.rank == 0 else None, 0, party, shape=xr.shape)
+        ss = share(xs if party.rank == 0 else None, 0, party, shape=xs.shape)
+        cost: dict[str, tuple[int, float]] = {}
+        outs = {}
+        for name, f, s in [
+            ("recip", lambda v: A.reciprocal(v, party), sr),
+            ("recip_pos", lambda v: A.reciprocal(v, party, positive=True), sr),
+            ("sqrt", lambda v: A.sqrt(v, party), ss),
+            ("inv_sqrt", lambda v: A.inv_sqrt(v, party), ss),
+        ]:
+            party.comm.stats.reset()
+            outs[name] = f(s)
+            st = party.comm.stats.total
+            cost[name] = (st.rounds, st.bytes_sent / s.numel())
+        names = list(outs)
+        got = open_shares([outs[k] for k in names], party)
+        assert got is not None
+        res: dict[str, Any] = {
+            k: decode(v, 16, torch.float64) for k, v in zip(names, got, strict=True)
+        }
+        res["cost"] = cost
+        return res
+
+    xre, xse = enc(xr), enc(xs)
+    for res in run_parties(fn, 2):
+        check("recip", res["recip"], 1 / xre, 2e-4, 2 * ULP)
+        check("recip_pos", res["recip_pos"], 1 / xre, 2e-4, 2 * ULP)
+        check("sqrt", res["sqrt"], torch.sqrt(xse), 2e-4, 2 * ULP)
+        check("inv_sqrt", res["inv_sqrt"], xse**-0.5, 1e-4, 2 * ULP)
+        cost = res["cost"]
+        assert cost["recip"][0] == 15 and cost["recip_pos"][0] == 11, cost
+        assert cost["sqrt"][0] == 9 and cost["inv_sqrt"][0] == 10, cost
+        # bytes per element to the peer (padding of small batches adds a little)
+        assert cost["recip"][1] < 265 and cost["sqrt"][1] < 175 and cost["inv_sqrt"][1] < 205
