@@ -18,7 +18,9 @@ Two dealers:
 * :class:`TrustedThirdParty` — a separate dealer process (``crypten-lite launch --dealer``). It
   never sees an input and must not collude with any party.
 * :class:`TrustedFirstParty` — INSECURE, for tests and debugging: party 0 plays the dealer, so it
-  knows every party's masks and can unmask every opened value. No messages at all.
+  knows every party's masks and can unmask every opened value. No messages at all. Parties
+  ``1..N-1`` draw only the free components and hold zero shares of the derived ones; party 0
+  holds the derived values in full (no correction to compute).
 
 Modules, lowest first: ``request`` (requests, component sharings, the dealer's store),
 ``arith_kinds`` (triples, truncation, conversion material, fixed operands) and ``bit_kinds``

@@ -5,6 +5,11 @@ order, then (``i > 0``) its derived components in order (:func:`party_draw`). Sm
 4096 elements in all) are drawn with one keystream call and split into views; the bytes are the
 same. The dealer replays every party's draws, reconstructs the free values, derives the rest and
 computes party 0's derived shares, the corrections (:func:`dealer_corrections`).
+
+The trusted first party uses the other order (``draw_derived=False``, ``others_derived=False``):
+every party draws its free components only, parties ``1..N-1`` hold zero derived shares, and
+party 0's derived shares are the derived values (no replay of derived draws, no subtraction).
+The dealer process (:func:`dealer_corrections`, the wire format) always uses the first one.
 """
 
 from __future__ import annotations
@@ -90,11 +95,13 @@ def _combine_(total: torch.Tensor, part: torch.Tensor, sharing: str) -> None:
 
 
 def party_draw(
-    prg: PRG, request: DealerRequest, rank: int
+    prg: PRG, request: DealerRequest, rank: int, *, draw_derived: bool = True
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The shares party ``rank`` draws itself: all free ones, and the derived ones if rank > 0."""
+    """The shares party ``rank`` draws itself: all free ones, and the derived ones if rank > 0
+    and ``draw_derived`` (the trusted first party draws free components only, on every rank,
+    and returns no derived shares here)."""
     free, derived = _layout(request)
-    comps = free if rank == 0 else (*free, *derived)
+    comps = free if rank == 0 or not draw_derived else (*free, *derived)
     sizes = [math.prod(s) for s, _ in comps]
     total = sum(sizes)
     if total > _MERGED_DRAW_ELEMENTS or len(comps) < 2:
@@ -135,23 +142,31 @@ def _corrections(
     request: DealerRequest,
     party0_free: Sequence[torch.Tensor],
     store: DealerStore | None,
+    *,
+    others_derived: bool = True,
 ) -> list[torch.Tensor]:
     """Party 0's derived shares, given its free shares (read, not modified) and the other
-    parties' streams (drawn here)."""
+    parties' streams (drawn here).
+
+    With ``others_derived=False`` (the trusted first party) parties ``1..N-1`` draw no derived
+    shares (theirs are zeros), so only their free draws are replayed and party 0's derived
+    shares are the derived values themselves.
+    """
     free, derived = _layout(request)
     totals: list[torch.Tensor] | None = None
     others: list[torch.Tensor] | None = None
     # Parties 1..N-1 first: their drawn tensors are fresh, so the sums accumulate in place into
     # them (party 0's own draws are returned, so they are added last, without a copy).
     for rank in range(1, len(prgs)):
-        shares, rest = party_draw(prgs[rank], request, rank)
+        shares, rest = party_draw(prgs[rank], request, rank, draw_derived=others_derived)
         if totals is None:
             totals, others = shares, rest
             continue
         for t, s, (_, k) in zip(totals, shares, free, strict=True):
             _combine_(t, s, k)
-        for o, s, (_, k) in zip(others or [], rest, derived, strict=True):
-            _combine_(o, s, k)
+        if others_derived:
+            for o, s, (_, k) in zip(others or [], rest, derived, strict=True):
+                _combine_(o, s, k)
     if totals is None:
         totals = [t.clone() for t in party0_free]
     else:
@@ -160,7 +175,7 @@ def _corrections(
     values = _KINDS[request.kind].derive(
         request.params, totals, store if store is not None else DealerStore()
     )
-    if others is not None:
+    if others_derived and others is not None:
         for v, o, (_, k) in zip(values, others, derived, strict=True):
             if k == ARITH:
                 v -= o

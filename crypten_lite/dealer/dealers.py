@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer.core import _corrections, _layout, dealer_corrections, party_draw
+from crypten_lite.dealer.core import _corrections, _layout, party_draw
 from crypten_lite.dealer.request import DealerRequest, DealerStore, Shape
 from crypten_lite.prg import PRG
 
@@ -205,6 +205,16 @@ class TrustedFirstParty(Dealer):
 
     Party 0 can therefore reconstruct every mask and unmask every opened value. Costs no
     messages. Never use it where party 0 must not learn the other parties' inputs.
+
+    Unlike the dealer process, parties ``1..N-1`` draw only the free components (uniform
+    shares from their streams) and hold *zero* shares of every derived component; party 0
+    holds the derived values in full (``c = a * b``, thermometer codes, subset products, ...),
+    computed from the replayed free draws. This saves every party one draw per derived
+    component and party 0 the replay and subtraction of the other parties' derived draws. It
+    is no less secure than this dealer already is: party 0 knows everything by definition, and
+    a party ``i > 0`` still sees only uniform free shares and zeros, independent of any value.
+    The draw order therefore differs from :class:`~crypten_lite.dealer.TrustedThirdParty`'s
+    (consistently on every party); the two dealers' streams are not interchangeable.
     """
 
     def __init__(
@@ -222,7 +232,8 @@ class TrustedFirstParty(Dealer):
         if self.rank == 0:
             assert self._all is not None
             self._drain()
-            dealer_corrections(self._all, request, self._store)
+            free = party_draw(self._all[0], request, 0)[0]
+            _corrections(self._all, request, free, self._store, others_derived=False)
 
     def _drain(self) -> None:
         while self._inflight:
@@ -233,8 +244,15 @@ class TrustedFirstParty(Dealer):
 
     def request(self, requests: Sequence[DealerRequest]) -> DealerBatch:
         if self.rank != 0:
-            drawn = [party_draw(self._own, r, self.rank) for r in requests]
-            return DealerBatch([f for f, _ in drawn], [f + d for f, d in drawn])
+            # Free components only; the derived shares of parties 1..N-1 are zeros.
+            free = [party_draw(self._own, r, self.rank, draw_derived=False)[0] for r in requests]
+            return DealerBatch(
+                free,
+                [
+                    f + [torch.zeros(shape, dtype=torch.int64) for shape, _ in _layout(r)[1]]
+                    for r, f in zip(requests, free, strict=True)
+                ],
+            )
         # Party 0 draws its own free shares now and replays the other parties' streams only
         # when the derived shares are asked for: after the protocol has sent its masked values,
         # so the peers do not wait for the dealing. Batches complete in request order (each
@@ -254,6 +272,6 @@ class TrustedFirstParty(Dealer):
         if self._inflight:
             self._inflight.popleft()
         return [
-            f + _corrections(self._all, r, f, self._store)
+            f + _corrections(self._all, r, f, self._store, others_derived=False)
             for r, f in zip(requests, free, strict=True)
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 
@@ -10,6 +11,8 @@ import torch
 
 from crypten_lite.comm import InProcessHub
 from crypten_lite.dealer import (
+    _KINDS,
+    ARITH,
     Dealer,
     DealerRequest,
     DealerStore,
@@ -18,6 +21,7 @@ from crypten_lite.dealer import (
     dealer_corrections,
     serve_dealer,
 )
+from crypten_lite.dealer.core import _layout
 from crypten_lite.errors import ProtocolError
 from crypten_lite.prg import PRG
 from crypten_lite.ring import bilinear, logical_rshift, msb
@@ -216,3 +220,64 @@ def test_batches_complete_in_any_order(kind: str) -> None:
     assert torch.equal(r_hi, logical_rshift(r, 5))
     s, s2 = total([p[2][0] for p in parts]), total([p[2][1] for p in parts])
     assert torch.equal(s2, s * s)
+
+
+_EVERY_KIND = [
+    DealerRequest("triple", {"op": "mul", "a_shape": [3000], "b_shape": [3000]}),  # unmerged
+    DealerRequest("triple", {"op": "matmul", "a_shape": [3, 4], "b_shape": [4, 2]}),
+    DealerRequest("square", {"shape": [5]}),
+    DealerRequest("binary_triple", {"shape": [5]}),
+    DealerRequest("trunc", {"shape": [100], "frac_bits": 16}),
+    DealerRequest("edabits", {"shape": [5]}),
+    DealerRequest("random_bits", {"shape": [200]}),
+    DealerRequest("cmp", {"n": 128, "count": 2, "mul": True}),
+    DealerRequest("inject", {"n": 64, "bits": 3, "values": 6, "mode": "block"}),
+    DealerRequest("inject", {"n": 64, "bits": 2, "values": 3, "mode": "full"}),
+    DealerRequest("and_node", {"n": 64, "k": 3}),
+    DealerRequest("and_node", {"n": 64, "k": 9}),
+    DealerRequest("b2a_words", {"n": 10}),
+]
+
+
+@pytest.mark.parametrize("kind", ["tfp", "ttp"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_every_kind_derives_from_the_reconstructed_free_values(kind: str, n: int) -> None:
+    """Generic check of every kind: the derived totals are the kind's derivation of the free
+    totals, with the sharing of each component (XOR or arithmetic)."""
+    if kind == "ttp" and n == 1:
+        pytest.skip("the dealer process needs a peer set-up; one party is a tfp-only case")
+    per_party = with_dealers(kind, n, lambda d: d.fetch(_EVERY_KIND))
+    for i, request in enumerate(_EVERY_KIND):
+        free, derived = _layout(request)
+        comps = [*free, *derived]
+        totals = [
+            total([p[i][c] for p in per_party], xor=sharing != ARITH)
+            for c, (_, sharing) in enumerate(comps)
+        ]
+        expect = _KINDS[request.kind].derive(
+            request.params, [t.clone() for t in totals[: len(free)]], DealerStore()
+        )
+        for got, want in zip(totals[len(free) :], expect, strict=True):
+            assert torch.equal(got, want), request.kind
+
+
+def test_tfp_parties_above_0_hold_zero_derived_shares() -> None:
+    """Trusted first party: parties > 0 draw free components only; their derived shares are
+    fresh writable zeros and party 0 holds the derived values in full."""
+    per_party = [d.fetch(_EVERY_KIND) for d in tfp_dealers(3)]
+    for i, request in enumerate(_EVERY_KIND):
+        n_free = len(_layout(request)[0])
+        for party in per_party[1:]:
+            zeros = party[i][n_free:]
+            assert all(not z.any() for z in zeros), request.kind
+            for z in zeros:
+                z += 1  # writable, and no two components share memory
+            assert all(int(z.min()) == 1 for z in zeros), request.kind
+            # free shares are still uniform draws
+            assert all(f.numel() < 8 or f.any() for f in party[i][:n_free]), request.kind
+    # parties > 0 drew only the free components from their streams
+    s = seeds(3)
+    d1 = TrustedFirstParty(1, 3, PRG(s[1]), None)
+    d1.fetch(_EVERY_KIND)
+    drawn = sum(8 * math.prod(shape) for r in _EVERY_KIND for shape, _ in _layout(r)[0])
+    assert d1._own.position == drawn
