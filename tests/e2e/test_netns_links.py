@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def test_close_kills_processes_and_removes_namespaces(need_netns: None) -> None:
     net = Network(2, "none").start()
     names = [net.router, *(h.netns for h in net.hosts)]
     sleeper: Proc = net.hosts[0].spawn(["sleep", "60"], env=clean_env("netns-links"))
+    # The child enters the namespace (``ip netns exec`` calls setns, then execs) a moment after
+    # it is spawned: poll, bounded, instead of racing it.
+    deadline = time.monotonic() + 5.0
+    while pids_in_netns(net.hosts[0].netns_path) != [sleeper.pid] and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert pids_in_netns(net.hosts[0].netns_path) == [sleeper.pid]
     net.close()
     assert sleeper.wait(5.0) == -9
