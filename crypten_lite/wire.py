@@ -28,6 +28,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 
+import numpy
 import torch
 
 from crypten_lite.errors import ProtocolError
@@ -36,6 +37,7 @@ __all__ = [
     "Header",
     "MAX_NDIM",
     "MAX_TAG_BYTES",
+    "NUMPY_DTYPES",
     "WIRE_VERSION",
     "decode_header",
     "encode_header",
@@ -151,25 +153,26 @@ def decode_header(data: bytes | memoryview, max_payload_bytes: int) -> Header:
     return Header(sender=sender, seq=seq, tag=tag, dtype=dtype, shape=tuple(shape))
 
 
-_NUMPY_VIEWABLE = frozenset(
-    {
-        torch.int64,
-        torch.int32,
-        torch.int16,
-        torch.int8,
-        torch.uint8,
-        torch.bool,
-        torch.float64,
-        torch.float32,
-        torch.float16,
-    }
-)
+# torch dtype -> numpy dtype, for every wire dtype numpy can represent (bfloat16 cannot).
+# Both ends use it: a contiguous tensor of these dtypes is viewed, and received, through numpy
+# in one call instead of several torch calls.
+NUMPY_DTYPES: dict[torch.dtype, type[numpy.generic]] = {
+    torch.int64: numpy.int64,
+    torch.int32: numpy.int32,
+    torch.int16: numpy.int16,
+    torch.int8: numpy.int8,
+    torch.uint8: numpy.uint8,
+    torch.bool: numpy.bool_,
+    torch.float64: numpy.float64,
+    torch.float32: numpy.float32,
+    torch.float16: numpy.float16,
+}
 
 
 def tensor_payload(tensor: torch.Tensor) -> memoryview:
     """A zero-copy byte view of a tensor's data (a copy only if it is not contiguous)."""
     if (
-        tensor.dtype in _NUMPY_VIEWABLE
+        tensor.dtype in NUMPY_DTYPES
         and not tensor.requires_grad
         and tensor.is_contiguous()
         and tensor.device.type == "cpu"

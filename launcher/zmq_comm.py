@@ -61,24 +61,13 @@ from zmq.utils.monitor import parse_monitor_message
 from crypten_lite.comm import Communicator
 from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
 from crypten_lite.launcher.security import Security, rank_name
-from crypten_lite.wire import Header, decode_header, tensor_from_payload
+from crypten_lite.wire import NUMPY_DTYPES, Header, decode_header, tensor_from_payload
 
 __all__ = ["ZmqCommunicator"]
 
 # After a peer's socket disconnects, messages it flushed before closing may still be in the
 # kernel; keep receiving this long before declaring it gone.
 _GONE_GRACE_S = 1.0
-_NUMPY_DTYPES = {
-    torch.int64: numpy.int64,
-    torch.int32: numpy.int32,
-    torch.int16: numpy.int16,
-    torch.int8: numpy.int8,
-    torch.uint8: numpy.uint8,
-    torch.bool: numpy.bool_,
-    torch.float64: numpy.float64,
-    torch.float32: numpy.float32,
-    torch.float16: numpy.float16,
-}
 # A blocked receive wakes up this often to look for disconnected peers and the deadline.
 _SLICE_MS = 250
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -254,7 +243,7 @@ class ZmqCommunicator(Communicator):
         if nbytes < zmq.COPY_THRESHOLD:
             # Allocate with numpy and hand the memory to torch once: each torch call costs
             # microseconds, which a small message's round trip pays twice.
-            np_dtype = _NUMPY_DTYPES.get(header.dtype)
+            np_dtype = NUMPY_DTYPES.get(header.dtype)
             if np_dtype is None:  # bfloat16 has no numpy dtype: receive raw bytes
                 arr = numpy.empty(nbytes, dtype=numpy.uint8)
             else:
