@@ -220,8 +220,9 @@ def bilinear(
     2. :func:`~crypten_lite.protocols.beaver.beaver_online`: open ``eps``, ``delta``.
     3. Truncate the scale-``2f`` result by ``f`` bits.
 
-    Cost: ``local`` truncation (2 parties): 1 round, ``8 * (numel(x) + numel(y))`` bytes per
-    peer. ``dealer`` truncation: 2 rounds, plus ``8 * numel(out)`` bytes per peer. A
+    Cost: ``dealer`` truncation (the default, any N): 2 rounds, ``8 * (numel(x) + numel(y) +
+    numel(out))`` bytes per peer. Opt-in ``local`` truncation (2 parties): 1 round,
+    ``8 * (numel(x) + numel(y))`` bytes per peer. A
     :class:`~crypten_lite.protocols.beaver.FixedOperand` side sends nothing.
     Error: truncation (< 1 ulp; ``local``: fails with probability ``|op(x, y)| * 2**(2f-64)``
     per element) plus the inputs' encoding errors carried through ``op``: for ``mul`` at most
@@ -245,8 +246,9 @@ def bilinear(
 def mul(x: Operand, y: Operand, party: Party) -> Tensor:
     """Elementwise fixed-point ``[x * y]`` with broadcasting: :func:`bilinear` of ``mul``.
 
-    Cost: 1 round, ``8 * (numel(x) + numel(y))`` bytes to each peer (2 parties, local
-    truncation: 16 B per element); dealer truncation adds a round of ``8 * numel`` bytes.
+    Cost: 2 rounds, ``8 * (numel(x) + numel(y) + numel(out))`` bytes to each peer with the
+    default (exact, dealer) truncation; opt-in 2-party local truncation: 1 round, 16 B per
+    element.
     """
     return bilinear("mul", x, y, party)
 

@@ -141,7 +141,12 @@ def test_profile_table_counts_rounds_and_bytes(run_parties):
                 (ae @ be).relu().sum().get_plain_text()
             return prof
 
+    # Default exact truncation: the Beaver opening (8 B per operand element) and the
+    # truncation's opening (8 B per output element), 2 rounds; with local truncation, 1 round.
     prof = run_parties(body, 2)[0]
+    mm = prof.rows["aten.mm"]
+    assert mm.calls == 1 and mm.rounds == 2 and mm.bytes_sent == 8 * (4 * 5 + 5 * 3 + 4 * 3)
+    prof = run_parties(body, 2, truncation="local")[0]
     mm = prof.rows["aten.mm"]
     assert mm.calls == 1 and mm.rounds == 1 and mm.bytes_sent == 8 * (4 * 5 + 5 * 3)
     assert prof.rows["aten.relu"].rounds == 4

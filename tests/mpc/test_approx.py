@@ -265,7 +265,9 @@ def test_roots_reciprocal_domain_edges_and_cost(run_parties: Run) -> None:
         return res
 
     xre, xse = enc(xr), enc(xs)
-    for res in run_parties(fn, 2):
+    # The docstrings' 2-party round counts are for explicit local truncation; the default
+    # (exact dealer truncation) adds one round per product round (29, 25, 19, 23 here).
+    for res in run_parties(fn, 2, truncation="local"):
         check("recip", res["recip"], 1 / xre, 2e-4, 2 * ULP)
         check("recip_pos", res["recip_pos"], 1 / xre, 2e-4, 2 * ULP)
         check("sqrt", res["sqrt"], torch.sqrt(xse), 2e-4, 2 * ULP)
