@@ -70,11 +70,11 @@ class DomainIssue:
         return f"{self.kind} `{self.module}` ({self.op}): {self.detail}"
 
 
-class _Probe(TorchDispatchMode):
+class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Runs each op, then checks its plaintext arguments and result against the table."""
 
     def __init__(self, frac_bits: int, truncation: str, failure_threshold: float) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.f = frac_bits
         self.local = truncation == "local"
         self.threshold = failure_threshold
