@@ -44,7 +44,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from crypten_lite.encoding import decode, encode
-from crypten_lite.errors import SecretLeakError, UnsupportedOperationError
+from crypten_lite.errors import EncodingError, SecretLeakError, UnsupportedOperationError
 from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.tensor_context import (
@@ -429,6 +429,12 @@ class MPCTensor(torch.Tensor):
             for obs, tok in zip(observers, tokens, strict=True):
                 obs.after(tok, func, args, kwargs, out)
             return out
+        except EncodingError as exc:
+            # A public value that cannot be encoded: name the user-level op. Public operands are
+            # the same on every party, so every party raises here alike.
+            if depth:
+                raise
+            raise EncodingError(_encoding_message(func, args, exc)) from None
         finally:
             _DEPTH.reset(depth_token)
 
@@ -438,6 +444,16 @@ def _rank_of(args: Sequence[Any]) -> str:
         if isinstance(a, MPCTensor) and a._party is not None:
             return f"party {a._party.rank}: "
     return ""
+
+
+def _encoding_message(func: OpOverload, args: Sequence[Any], exc: EncodingError) -> str:
+    """``party 0: aten.mul.Tensor (from Tensor.__mul__): value out of the fixed-point range``."""
+    detail = str(exc)
+    if detail.startswith("party ") and ": " in detail:
+        detail = detail.split(": ", 1)[1]
+    call = current_user_call()
+    where = f" (from {call})" if call else ""
+    return f"{_rank_of(args)}{func}{where}: {detail}"
 
 
 def _unsupported_message(func: OpOverload, args: Sequence[Any], reason: str | None = None) -> str:

@@ -29,6 +29,7 @@ import torch
 
 from crypten_lite.dealer import DealerRequest
 from crypten_lite.encoding import encode
+from crypten_lite.errors import EncodingError
 from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import (
     FixedOperand,
@@ -172,6 +173,7 @@ def div_public(x: Tensor, value: Public, party: Party) -> Tensor:
 
     Raises:
         ZeroDivisionError: ``v`` is (or contains) zero.
+        EncodingError: ``1 / v`` cannot be encoded (``|v| < 2**(f - 62)``).
     """
     check_share(x, party, "div_public operand")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -190,7 +192,15 @@ def div_public(x: Tensor, value: Public, party: Party) -> Tensor:
     s = party.frac_bits + max(0, math.ceil(math.log2(largest)))
     if s > 62:
         raise ValueError(f"party {party.rank}: div_public divisor {largest:g} is too large")
-    w = torch.round(float(1 << s) / v).to(torch.int64)
+    w_real = torch.round(float(1 << s) / v)
+    smallest = float(v.abs().min()) if v.numel() else 1.0
+    if bool((w_real.abs() >= 2.0**62).any()):
+        # The multiplier would not fit the ring (int64 conversion would wrap silently).
+        raise EncodingError(
+            f"party {party.rank}: div_public: 1 / {smallest:g} is out of the fixed-point range "
+            f"(divisors below {2.0 ** (party.frac_bits - 62):.3g} in magnitude cannot be encoded)"
+        )
+    w = w_real.to(torch.int64)
     return truncate(x * w, party, s)
 
 

@@ -305,7 +305,9 @@ def index_add(base: Any, dim: int, index: Any, source: Any, *, alpha: Any = 1) -
 def constant_pad_nd(x: MPCTensor, pad: Sequence[int], value: Any = 0) -> MPCTensor:
     """Pad with a public constant: every share pads with 0, party 0 adds the encoded constant."""
     party = x.party
-    fill = int(encode(torch.tensor(float(value)), x.frac_bits)) if party.rank == 0 else 0
+    # Encoded on every party, so an unrepresentable constant raises on all of them alike.
+    encoded = int(encode(torch.tensor(float(value)), x.frac_bits))
+    fill = encoded if party.rank == 0 else 0
     public = x.public_value()
     out_public = (
         torch.constant_pad_nd(public, list(pad), float(value)) if public is not None else None
