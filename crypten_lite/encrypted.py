@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 import crypten_lite.binary  # noqa: F401 - registers the A2B conversion
 import crypten_lite.ops  # noqa: F401 - fills the op table
 from crypten_lite.api import get_party
-from crypten_lite.errors import ConfigurationError
+from crypten_lite.encoding import encode
+from crypten_lite.errors import ConfigurationError, EncodingError
 from crypten_lite.party import Party
 from crypten_lite.protocols.sharing import share
 from crypten_lite.tensor import MPCTensor, is_encrypted, ptype
@@ -64,6 +65,13 @@ def cryptensor(
 
     Returns:
         An :class:`~crypten_lite.tensor.MPCTensor` (float32 logical dtype).
+
+    Raises:
+        EncodingError: ``src``'s value cannot be encoded (NaN, infinite, ``|x| >= 2**(63-f)``),
+            naming ``cryptensor``. Without ``shape`` every party raises (the shape announcement
+            carries the failure). With ``shape`` no message is exchanged, so only ``src`` raises
+            and the others learn it from the supervisor (the launcher, ``run_threads``), which
+            stops them with :class:`~crypten_lite.errors.PartyFailedError`.
     """
     party = party or get_party()
     value = None
@@ -75,7 +83,13 @@ def cryptensor(
             value = value.to(torch.int64)
         if value.is_floating_point():
             value = value.to(torch.float64)
-    ring = share(value, src, party, shape=shape)
+    try:
+        ring = share(value, src, party, shape=shape)
+    except EncodingError as exc:
+        detail = str(exc).split(": ", 1)[1] if str(exc).startswith("party ") else str(exc)
+        raise EncodingError(
+            f"party {party.rank}: cryptensor (input of party {src}): {detail}"
+        ) from None
     out = MPCTensor(ring, party, requires_grad=requires_grad)
     if ptype == _PType.binary:
         return out.to_binary()
@@ -94,11 +108,16 @@ def encrypt_module(module: torch.nn.Module, src: int = 0, *, party: Party | None
     ``nn.Parameter`` s with their ``requires_grad``; tied parameters stay tied. Integer buffers
     (``num_batches_tracked``) stay public.
 
+    Cost: one round of 8 bytes first (``src`` announces whether every value can be encoded,
+    so an unrepresentable parameter raises :class:`~crypten_lite.errors.EncodingError` naming
+    it on every party, not on ``src`` alone); then no messages (pseudo-random zero sharings).
+
     Returns:
         ``module`` (for chaining).
     """
     party = party or get_party()
     done: dict[int, Any] = {}
+    _check_encodable(module, src, party)
 
     def encrypt(t: torch.Tensor) -> MPCTensor:
         ring = share(t.detach() if party.rank == src else None, src, party, shape=tuple(t.shape))
@@ -118,6 +137,40 @@ def encrypt_module(module: torch.nn.Module, src: int = 0, *, party: Party | None
                 done[id(b)] = encrypt(b)
             sub._buffers[name] = done[id(b)]
     return module
+
+
+def _check_encodable(module: torch.nn.Module, src: int, party: Party) -> None:
+    """Raise on every party if one of ``src``'s floating parameters or buffers cannot be encoded.
+
+    Only ``src`` knows the values, so it broadcasts the index (+1) of the first bad tensor, or 0;
+    every party then raises the same :class:`EncodingError` naming it.
+    """
+    names = [
+        n
+        for n, t in (*module.named_parameters(), *module.named_buffers())
+        if t is not None and not is_encrypted(t) and _is_float(t)
+    ]
+    if not names:  # the same on every party (same architecture): no round needed
+        return
+    status = None
+    detail = ""
+    if party.rank == src:
+        tensors = dict((*module.named_parameters(), *module.named_buffers()))
+        status = torch.zeros(2, dtype=torch.int64)
+        for i, n in enumerate(names):
+            try:
+                encode(tensors[n].detach(), party.frac_bits)
+            except EncodingError as exc:
+                status[0], detail = i + 1, str(exc)
+                break
+    got = party.comm.broadcast(status, src, "encrypt_module.check")
+    bad = int(got[0])
+    if bad:
+        what = names[bad - 1] if bad <= len(names) else f"#{bad}"
+        raise EncodingError(
+            f"party {party.rank}: encrypt_module: party {src}'s `{what}` cannot be encoded"
+            + (f": {detail}" if detail else f" (party {src}'s own error says why)")
+        )
 
 
 def _open(t: Any, dst: int | None) -> torch.Tensor | None:
