@@ -181,6 +181,13 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 self.outside("sqrt", name, x, "bases")
         elif name in _SOFTMAX:
             self.softmax(name, x, int(args[1]))
+        elif "scaled_dot_product" in name and len(args) >= 2:
+            # A fused attention kernel (plaintext CPU): the scores q k^T are a product and the
+            # softmax runs over rows of the keys' length.
+            scores = x.double() @ args[1].double().transpose(-1, -2)
+            top = float(scores.abs().max())
+            self.products(name, scores, top)
+            self.softmax("_softmax", scores, -1)
         elif func == aten.native_layer_norm.default:
             dims = tuple(range(x.dim() - len(args[1]), x.dim()))
             var = x.double().var(dim=dims, unbiased=False)

@@ -126,3 +126,15 @@ def test_local_truncation_failures_are_listed_only_for_local() -> None:
     assert f"{expected:.2g} expected failures" in hit[0].detail
     exact = cl.check_model(lin, x, backward=False, truncation="dealer")
     assert exact.numerics_ok, lines(exact)
+
+
+def test_softmax_rows_longer_than_documented_fused_attention_included() -> None:
+    class Attn(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(x, x, x)
+
+    report = cl.check_model(Attn(), randn(1, 2, 16, 8), backward=False)
+    rows = [d for d in report.domain if d.op == "softmax"]
+    assert len(rows) == 1 and "rows of 16 elements" in rows[0].detail, lines(report)
+    short = cl.check_model(Attn(), randn(1, 2, 8, 8), backward=False)
+    assert short.numerics_ok, lines(short)
