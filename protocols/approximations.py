@@ -32,7 +32,11 @@ norm           p in {1, 2, inf}             as sqrt / exact
 =============  ===========================  =============================  ======  =======
 
 With more than 2 parties every truncation is a dealer round, so the product-heavy functions
-take about twice the rounds.
+take about twice the rounds. The rounds above are for opt-in 2-party local truncation; the
+default (exact) truncation is a dealer round for 2 parties too.
+
+The domain and error columns are data in :data:`crypten_lite.protocols.domains.DOMAINS`, which
+``check_model``'s domain report and ``debug(validate=True)`` read: change both together.
 """
 
 from __future__ import annotations
