@@ -142,7 +142,9 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
         name = _short(func)
         first = out[0] if isinstance(out, (tuple, list)) and out else out
         if isinstance(first, torch.Tensor) and first.is_floating_point() and first.numel():
-            finite = first[torch.isfinite(first)]
+            # Attention masks (-inf, finfo.min) are public constants the ops treat as "masked"
+            # (a documented rule of their own), not values to encode: left out here.
+            finite = first[torch.isfinite(first) & (first > torch.finfo(first.dtype).min)]
             if finite.numel():
                 top = float(finite.abs().max())
                 limit = RING.value_limit(self.f)
@@ -215,17 +217,13 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
     @staticmethod
     def _real_product(func: Any, args: tuple[Any, ...]) -> bool:
         """A product that is truncated: not a multiplication by a public integer."""
-        if func in (aten.mul.Scalar,):
-            return not float(args[1]).is_integer()
-        if func == aten.mul.Tensor:
+        if func in (aten.mul.Scalar, aten.mul.Tensor):
+            # A real (floating) multiplier is encoded and the product truncated; an integer
+            # one (int, bool, integer tensor) multiplies the share exactly.
             other = args[1]
             if isinstance(other, torch.Tensor):
-                if not other.is_floating_point():
-                    return False
-                if other.dim() == 0:
-                    return not float(other).is_integer()
-                return True
-            return isinstance(other, float) and not other.is_integer()
+                return other.is_floating_point()
+            return isinstance(other, float)
         return True
 
     def upper(self, op: str, name: str, x: torch.Tensor) -> None:

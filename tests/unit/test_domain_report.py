@@ -138,3 +138,13 @@ def test_softmax_rows_longer_than_documented_fused_attention_included() -> None:
     assert len(rows) == 1 and "rows of 16 elements" in rows[0].detail, lines(report)
     short = cl.check_model(Attn(), randn(1, 2, 8, 8), backward=False)
     assert short.numerics_ok, lines(short)
+
+
+def test_attention_masks_are_not_values_to_encode() -> None:
+    class Masked(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(4, 4)
+            mask[:, -1] = torch.finfo(torch.float32).min
+            return (x @ x.T + mask).softmax(-1)
+
+    assert cl.check_model(Masked(), randn(4, 3), backward=False).numerics_ok
