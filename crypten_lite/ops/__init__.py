@@ -9,6 +9,7 @@ Importing this package registers every implementation with
 * ``reductions`` — sum, mean, cumsum, var;
 * ``linear`` — matrix products and convolutions with their backward;
 * ``nonlinear`` — comparisons, ReLU family, abs, clamp, max/min;
+* ``activations_extra`` — hardsigmoid, hardswish, ELU/CELU/SELU, softplus, mish;
 * ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
 * ``normalization`` — layer norm and batch norm with their backward;
 * ``pooling`` — average, adaptive average and max pooling with their backward;
@@ -18,6 +19,7 @@ Importing this package registers every implementation with
 """
 
 from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
+    activations_extra,
     approx,
     arithmetic,
     attention,
@@ -33,6 +35,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
 )
 
 __all__ = [
+    "activations_extra",
     "approx",
     "arithmetic",
     "attention",
