@@ -13,6 +13,7 @@ Importing this package registers every implementation with
 * ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
 * ``normalization`` — layer norm and batch norm with their backward;
 * ``pooling`` — average, adaptive average and max pooling with their backward;
+* ``recurrent`` — LSTM, GRU, RNN and their cells, kept whole (torch-level overrides);
 * ``attention`` — scaled dot-product attention kept whole, with its backward;
 * ``losses`` — loss functions and their backward;
 * ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path.
@@ -30,6 +31,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     nonlinear,
     normalization,
     pooling,
+    recurrent,
     reductions,
     shape,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "nonlinear",
     "normalization",
     "pooling",
+    "recurrent",
     "reductions",
     "shape",
 ]
