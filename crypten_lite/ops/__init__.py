@@ -12,6 +12,8 @@ Importing this package registers every implementation with
 * ``activations_extra`` — hardsigmoid, hardswish, ELU/CELU/SELU, softplus, mish;
 * ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
 * ``normalization`` — layer norm and batch norm with their backward;
+* ``norms_extra`` — group norm with its backward;
+* ``resample`` — interpolation (nearest, linear, bilinear, bicubic) and pixel (un)shuffle;
 * ``pooling`` — average, adaptive average and max pooling with their backward;
 * ``recurrent`` — LSTM, GRU, RNN and their cells, kept whole (torch-level overrides);
 * ``attention`` — scaled dot-product attention kept whole, with its backward;
@@ -30,9 +32,11 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     losses,
     nonlinear,
     normalization,
+    norms_extra,
     pooling,
     recurrent,
     reductions,
+    resample,
     shape,
 )
 
@@ -47,8 +51,10 @@ __all__ = [
     "losses",
     "nonlinear",
     "normalization",
+    "norms_extra",
     "pooling",
     "recurrent",
     "reductions",
+    "resample",
     "shape",
 ]
