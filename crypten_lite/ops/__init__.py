@@ -8,6 +8,7 @@ Importing this package registers every implementation with
 * ``arithmetic`` — add, sub, mul, div, fused multiply-adds, where;
 * ``reductions`` — sum, mean, cumsum, var;
 * ``linear`` — matrix products and convolutions with their backward;
+* ``linear_extra`` — ``nn.Bilinear`` (``_trilinear``) and ``nn.EmbeddingBag`` with backward;
 * ``nonlinear`` — comparisons, ReLU family, abs, clamp, max/min;
 * ``activations_extra`` — hardsigmoid, hardswish, ELU/CELU/SELU, softplus, mish;
 * ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
@@ -29,6 +30,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     creation,
     foreach,
     linear,
+    linear_extra,
     losses,
     nonlinear,
     normalization,
@@ -48,6 +50,7 @@ __all__ = [
     "creation",
     "foreach",
     "linear",
+    "linear_extra",
     "losses",
     "nonlinear",
     "normalization",
