@@ -20,7 +20,8 @@ Groups and ownership (as the peer):
   unmodified ``torch.nn`` model runs on it. Rows ``*_reuse`` are an **extra** without a CrypTen
   counterpart: the same model with ``crypten_lite.nn.reuse_weight_masks`` (the weights' Beaver
   masks are opened once in the untimed set-up, as a server does for its first batch).
-  ``lstm_b16`` is an extra too: a 1-layer ``nn.LSTM`` (hidden 128, sequence 32, batch 16).
+  ``lstm_b16`` is an extra too: a 1-layer ``nn.LSTM`` (hidden 128, sequence 32, batch 16),
+  also with ``_reuse``.
 * ``training``: ``logreg`` (100 SGD steps, batch 100, lr 1.0, ``BCEWithLogitsLoss``) and
   ``mlp_train`` (5 steps on one batch of 64, lr 0.1, ``CrossEntropyLoss`` with one-hot encrypted
   targets), model from party 0, data and labels from party 1, unmodified ``torch.optim.SGD`` on
@@ -396,14 +397,16 @@ class LSTMInference(Inference):
 
     SEQ, BATCH, INPUT, HIDDEN = 32, 16, 128, 128
 
-    def __init__(self) -> None:
-        self.base = self.name = "lstm_b16"
-        self.reuse_masks = False
+    def __init__(self, reuse_masks: bool = False) -> None:
+        self.base = "lstm_b16"
+        self.name = "lstm_b16_reuse" if reuse_masks else "lstm_b16"
+        self.reuse_masks = reuse_masks
         self.extra = True
 
     @property
     def desc(self) -> str:
-        return f"nn.LSTM({self.INPUT}, {self.HIDDEN}), seq {self.SEQ}, batch {self.BATCH} (extra)"
+        extra = ", reuse_weight_masks" if self.reuse_masks else ""
+        return f"nn.LSTM({self.INPUT}, {self.HIDDEN}), seq {self.SEQ}, batch {self.BATCH}{extra}"
 
     def model_and_input(self) -> tuple[torch.nn.Module, torch.Tensor]:
         model = W.seeded_model(lambda: _LSTMOutput(torch.nn.LSTM(self.INPUT, self.HIDDEN)), 50)
@@ -542,6 +545,7 @@ WORKLOADS: dict[str, Any] = {
     **{n: Inference(n) for n in ("mlp_b1", "mlp_b64", "lenet_b1", "lenet_b64")},
     **{f"{n}_reuse": Inference(n, reuse_masks=True) for n in ("mlp_b64", "lenet_b64")},
     "lstm_b16": LSTMInference(),
+    "lstm_b16_reuse": LSTMInference(reuse_masks=True),
     "logreg": Training("logreg"),
     "mlp_train": Training("mlp_train"),
 }

@@ -50,10 +50,6 @@ _MISH = "mish:tanh_softplus,masked_x"
 _BOUND = 16.0
 
 
-def _needs_grad(x: Any) -> bool:
-    return bool(torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad)
-
-
 def _signs(op: str, values: Sequence[Any]) -> list[MPCTensor]:
     """``[v op 0]`` for each of several secrets of one shape, in one comparison call."""
     bits = compare(op, torch.stack(list(values)), 0.0)

@@ -136,12 +136,14 @@ def _run_layer(
         ],
         1,
     )  # (T, D, B, G*H)
-    w_hh_t = torch.stack([w.t() for w in w_hh])  # (D, H_out, G*H)
+    w_hh_t = torch.stack([w.t() for w in w_hh]) if dirs == 2 else None  # (D, H_out, G*H)
     bias_h = None if b_hh is None else torch.stack(b_hh).unsqueeze(1)  # (D, 1, G*H)
     w_hr_t = None if w_hr is None else torch.stack([w.t() for w in w_hr])  # (D, H, H_out)
     outs = []
     for t in range(steps):
-        hw = torch.bmm(h, w_hh_t)
+        # one direction: a product with the weight's own transposed view, so a weight whose
+        # Beaver mask is reused (crypten_lite.nn.reuse_weight_masks) is not masked again
+        hw = torch.bmm(h, w_hh_t) if dirs == 2 else (h[0] @ w_hh[0].t()).unsqueeze(0)
         if bias_h is not None:
             hw = hw + bias_h
         h, c = _step(mode, xw[t], hw, h, c)
