@@ -206,6 +206,7 @@ RNNS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("name", sorted(RNNS))
 def test_recurrent_layers_forward_backward(run_parties, world_size, name):
     module = seeded(lambda: SeqOut(RNNS[name]()))
@@ -379,25 +380,36 @@ class KL(nn.Module):
         return self.loss(F.log_softmax(logits, -1), target)
 
 
-def _probs(rows: int, cols: int, zero: bool) -> torch.Tensor:
-    p = torch.softmax(rand(rows, cols, scale=2.0), -1)
+def _probs(rows: int, cols: int, zero: bool, spread: float = 2.0) -> torch.Tensor:
+    p = torch.softmax(rand(rows, cols, scale=spread), -1)
     if zero:
         p[0, 1] = 0.0
         p = p / p.sum(-1, keepdim=True)
     return p
 
 
-@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
-@pytest.mark.parametrize("target_kind", ["public", "secret", "secret_with_grad", "log_target"])
+@pytest.mark.parametrize(
+    ("target_kind", "reduction"),
+    [
+        ("public", "batchmean"),
+        ("public", "none"),
+        ("secret", "sum"),
+        ("secret", "none"),
+        ("secret_with_grad", "batchmean"),
+        ("log_target", "sum"),
+    ],
+)
 def test_kl_div_loss(run_parties, world_size, reduction, target_kind):
     logits = rand(3, 5, scale=2.0)
     if target_kind == "log_target":
         module, target = KL(reduction=reduction, log_target=True), _probs(3, 5, False).log()
     else:
-        # a zero target entry checks 0 log 0 = 0 (torch's target gradient there is NaN, so
-        # the variant with a target gradient has none)
+        # a zero target entry checks 0 log 0 = 0. With a target gradient (log t + 1 - x) there
+        # is none (torch's is NaN there), and t stays above 0.02: an encoded t is off by up to
+        # half an ulp, i.e. log t by ulp / (2 t)
         module = KL(reduction=reduction)
-        target = _probs(3, 5, zero=target_kind != "secret_with_grad")
+        with_grad = target_kind == "secret_with_grad"
+        target = _probs(3, 5, zero=not with_grad, spread=0.5 if with_grad else 2.0)
     if target_kind == "public":
         got, want = _kl_public_target(run_parties, world_size, module, logits, target)
     else:
@@ -407,7 +419,7 @@ def test_kl_div_loss(run_parties, world_size, reduction, target_kind):
 
 
 def _kl_public_target(run_parties, n, module, logits, target):
-    proj = rand(*module(logits, target).shape)
+    proj = torch.randn(module(logits, target).shape, generator=GEN)
 
     def body(party):
         with cl.use_party(party):
