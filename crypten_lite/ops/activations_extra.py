@@ -50,7 +50,7 @@ _MISH = "mish:tanh_softplus,masked_x"
 _BOUND = 16.0
 
 
-def _signs(op: str, values: Sequence[Any]) -> list[MPCTensor]:
+def _signs(op: str, values: Sequence[Any]) -> list[Any]:
     """``[v op 0]`` for each of several secrets of one shape, in one comparison call."""
     bits = compare(op, torch.stack(list(values)), 0.0)
     return list(bits.unbind(0))
@@ -152,7 +152,7 @@ def hardswish_backward(grad: Any, x: Any) -> MPCTensor:
 # --------------------------------------------------------------------------- ELU family
 
 
-def _elu_parts(x: MPCTensor, input_scale: float) -> tuple[MPCTensor, MPCTensor, MPCTensor]:
+def _elu_parts(x: MPCTensor, input_scale: float) -> tuple[Any, Any, Any]:
     """``(m, m * x, exp(z))`` with ``m = [x > 0]`` and ``z = clamp(input_scale * x, -16, 0)``.
 
     One comparison call gives ``m = [x > 0]`` and ``k = [input_scale * x > -16]``; as ``m``
@@ -225,7 +225,7 @@ def elu_backward(
 # --------------------------------------------------------------------------- softplus, mish
 
 
-def abs_split(y: MPCTensor, bound: float) -> tuple[MPCTensor, MPCTensor, MPCTensor, MPCTensor]:
+def abs_split(y: MPCTensor, bound: float) -> tuple[Any, Any, Any, Any]:
     """``(m, relu(y), min(|y|, bound), [y < -bound])`` with ``m = [y > 0]``.
 
     One comparison call on ``(y, y - T, -y - T)`` gives ``m``, ``hi = [y > T]`` and

@@ -57,10 +57,10 @@ def _lstm_step(xw: Any, hw: Any, h: Any, c: Any) -> tuple[Any, Any]:
     doubling = torch.ones(4 * hidden, dtype=torch.int64)
     doubling[2 * hidden : 3 * hidden] = 2
     s = torch.sigmoid(gates * doubling)
-    i, f, g2, o = s.split(hidden, -1)
+    i, f, g2, o = torch.split(s, hidden, -1)
     g = g2 * 2 - 1
     prods = torch.cat([f, i], -1) * torch.cat([c.expand_as(f), g], -1)
-    fc, ig = prods.split(hidden, -1)
+    fc, ig = torch.split(prods, hidden, -1)
     c_new = fc + ig
     return o * torch.tanh(c_new), c_new
 
@@ -68,9 +68,9 @@ def _lstm_step(xw: Any, hw: Any, h: Any, c: Any) -> tuple[Any, Any]:
 def _gru_step(xw: Any, hw: Any, h: Any) -> Any:
     """``h' = n + z (h - n)``, ``n = tanh(x_n + r * h_n)``, ``r, z = sigmoid(x_rz + h_rz)``."""
     hidden = h.shape[-1]
-    x_rz, x_n = xw.split([2 * hidden, hidden], -1)
-    h_rz, h_n = hw.split([2 * hidden, hidden], -1)
-    r, z = torch.sigmoid(x_rz + h_rz).split(hidden, -1)
+    x_rz, x_n = torch.split(xw, [2 * hidden, hidden], -1)
+    h_rz, h_n = torch.split(hw, [2 * hidden, hidden], -1)
+    r, z = torch.split(torch.sigmoid(x_rz + h_rz), hidden, -1)
     n = torch.tanh(x_n + r * h_n)
     return n + z * (h - n)
 
@@ -143,7 +143,7 @@ def _run_layer(
     for t in range(steps):
         # one direction: a product with the weight's own transposed view, so a weight whose
         # Beaver mask is reused (crypten_lite.nn.reuse_weight_masks) is not masked again
-        hw = torch.bmm(h, w_hh_t) if dirs == 2 else (h[0] @ w_hh[0].t()).unsqueeze(0)
+        hw = torch.bmm(h, w_hh_t) if w_hh_t is not None else (h[0] @ w_hh[0].t()).unsqueeze(0)
         if bias_h is not None:
             hw = hw + bias_h
         h, c = _step(mode, xw[t], hw, h, c)
@@ -264,9 +264,11 @@ def rnn_relu_cell(x: Any, h: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
 def _copies(x: MPCTensor, sizes: int | list[int], dim: int) -> list[MPCTensor]:
     """Pieces of ``x`` in fresh buffers: ``unsafe_split``'s outputs are not views for
     autograd, so they must not share an alias with ``x``."""
-    shares = x._share.split(sizes, dim)
+    shares = torch.split(x._share, sizes, dim)
     public = x.public_value()
-    publics = public.split(sizes, dim) if public is not None else [None] * len(shares)
+    publics: Sequence[torch.Tensor | None] = (
+        torch.split(public, sizes, dim) if public is not None else [None] * len(shares)
+    )
     return [
         wrap(s.clone(), x.party, dtype=x.dtype, public=None if p is None else p.clone())
         for s, p in zip(shares, publics, strict=True)

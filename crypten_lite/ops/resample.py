@@ -45,7 +45,7 @@ def _axis_matrices(
     mats = []
     for axis, n in enumerate(in_spatial):
         basis = torch.zeros((n, 1, *in_spatial), dtype=torch.float64)
-        index = [torch.arange(n), torch.zeros(n, dtype=torch.long)]
+        index: list[Any] = [torch.arange(n), torch.zeros(n, dtype=torch.long)]
         index += [slice(None)] * len(in_spatial)
         index[2 + axis] = torch.arange(n)
         basis[tuple(index)] = 1.0
