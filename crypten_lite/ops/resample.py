@@ -32,28 +32,44 @@ aten = torch.ops.aten
 __all__: list[str] = []
 
 
-@functools.lru_cache(maxsize=64)
-def _axis_matrices(
-    op: Any, in_spatial: tuple[int, ...], args: tuple[Any, ...]
-) -> tuple[torch.Tensor, ...]:
-    """``A_i`` of shape ``(n_out_i, n_in_i)`` for each spatial axis of ``op(x, *args)``.
+@functools.lru_cache(maxsize=256)
+def _axis_matrix(
+    op: Any, ndim: int, axis: int, n_in: int, n_out: int, options: tuple[tuple[str, Any], ...]
+) -> torch.Tensor:
+    """``A`` of shape ``(n_out, n_in)``: ``op`` along spatial ``axis`` (of ``ndim``).
 
-    The basis input for axis ``i`` holds, in batch row ``k``, ones on the slice ``k`` of that
-    axis; the output, read at position 0 of the other axes, is column ``k`` of ``A_i`` (the
-    other axes see a constant, which every mode preserves).
+    The basis input holds, in batch row ``k``, a one at position ``k`` of that axis; every
+    other spatial axis has size 1 and stays 1 (the weights along one axis depend only on its
+    own sizes, scale and ``align_corners``), so the call costs ``n_in * n_out`` numbers. Row
+    ``k`` of the output is column ``k`` of ``A``. ``options``: the op's other arguments by
+    name, the per-axis ones (``scales_*``) already reduced to this axis.
     """
+    shape = [1] * ndim
+    shape[axis] = n_in
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, *shape)
+    out_size = [1] * ndim
+    out_size[axis] = n_out
+    out = op(basis, out_size, **dict(options))
+    return out.reshape(n_in, n_out).t().contiguous()
+
+
+def _matrices(op: Any, in_spatial: Sequence[int], bound: dict[str, Any]) -> list[torch.Tensor]:
+    """Per-axis matrices of ``op`` with the arguments ``bound`` (names of ``op``'s schema)."""
+    names = [a.name for a in op._schema.arguments[2:]]  # after (self, output_size)
+    scales = [n for n in names if n.startswith("scales")]
+    out_size = [int(v) for v in bound["output_size"]]
     mats = []
-    for axis, n in enumerate(in_spatial):
-        basis = torch.zeros((n, 1, *in_spatial), dtype=torch.float64)
-        index: list[Any] = [torch.arange(n), torch.zeros(n, dtype=torch.long)]
-        index += [slice(None)] * len(in_spatial)
-        index[2 + axis] = torch.arange(n)
-        basis[tuple(index)] = 1.0
-        out = op(basis, *args)
-        pick: list[Any] = [slice(None), 0] + [0] * len(in_spatial)
-        pick[2 + axis] = slice(None)
-        mats.append(out[tuple(pick)].t().contiguous())
-    return tuple(mats)
+    for axis, n_in in enumerate(in_spatial):
+        options = []
+        for name in names:
+            value = bound.get(name)
+            if name in scales and scales.index(name) != axis:
+                value = None  # the other axes have size 1 -> 1
+            options.append((name, value))
+        mats.append(
+            _axis_matrix(op, len(in_spatial), axis, int(n_in), out_size[axis], tuple(options))
+        )
+    return mats
 
 
 def _apply(x: Any, mats: Sequence[torch.Tensor], transpose: bool) -> Any:
@@ -68,23 +84,33 @@ def _apply(x: Any, mats: Sequence[torch.Tensor], transpose: bool) -> Any:
     return out
 
 
-def _tupled(values: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values)
+def _bind(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``op``'s arguments by schema name (defaults filled in)."""
+    bound = {}
+    for i, arg in enumerate(op._schema.arguments):
+        if i < len(args):
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+    return bound
 
 
 def _register(forward: Any, backward: Any) -> None:
-    """``forward(x, output_size, *rest)`` and ``backward(grad, output_size, input_size,
-    *rest)``, ``rest`` = (``align_corners``,) scales."""
+    """``forward(x, output_size, [align_corners,] scales...)`` and its backward
+    ``(grad, output_size, input_size, [align_corners,] scales...)``."""
 
-    def fwd(x: MPCTensor, output_size: Sequence[int], *rest: Any) -> Any:
-        in_spatial = tuple(int(s) for s in x.shape[2:])
-        args = _tupled([list(output_size), *rest])
-        return _apply(x, _axis_matrices(forward, in_spatial, args), transpose=False)
+    def fwd(*args: Any, **kwargs: Any) -> Any:
+        bound = _bind(forward, args, kwargs)
+        x = bound["self"]
+        mats = _matrices(forward, [int(s) for s in x.shape[2:]], bound)
+        return _apply(x, mats, transpose=False)
 
-    def bwd(grad: Any, output_size: Sequence[int], input_size: Sequence[int], *rest: Any) -> Any:
-        in_spatial = tuple(int(s) for s in input_size[2:])
-        args = _tupled([list(output_size), *rest])
-        return _apply(grad, _axis_matrices(forward, in_spatial, args), transpose=True)
+    def bwd(*args: Any, **kwargs: Any) -> Any:
+        bound = _bind(backward, args, kwargs)
+        mats = _matrices(forward, [int(s) for s in bound["input_size"][2:]], bound)
+        return _apply(bound["grad_output"], mats, transpose=True)
 
     name = str(forward).rsplit(".", 2)[-2]
     fwd.__name__, bwd.__name__ = name, f"{name}_backward"
