@@ -14,7 +14,7 @@ Importing this package registers every implementation with
 * ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
 * ``normalization`` — layer norm and batch norm with their backward;
 * ``norms_extra`` — group norm with its backward;
-* ``resample`` — interpolation (nearest, linear, bilinear, bicubic) and pixel (un)shuffle;
+* ``resample`` — interpolation (nearest, (bi/tri)linear, bicubic) and pixel (un)shuffle;
 * ``pooling`` — average, adaptive average and max pooling with their backward;
 * ``recurrent`` — LSTM, GRU, RNN and their cells, kept whole (torch-level overrides);
 * ``attention`` — scaled dot-product attention kept whole, with its backward;

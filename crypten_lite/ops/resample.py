@@ -1,7 +1,7 @@
 """Layer L4: resampling — ``F.interpolate`` / ``nn.Upsample`` and pixel (un)shuffle.
 
 Every interpolation mode torch offers without antialiasing (nearest, nearest-exact, linear,
-bilinear, bicubic) is a *public* linear map applied separably along each spatial axis:
+bilinear, bicubic, trilinear; 1-d to 3-d) is a *public* linear map applied separably along each spatial axis:
 ``out = A_h x A_w^T`` with ``A`` depending only on the sizes, the scales and
 ``align_corners``. So the matrices are computed in plaintext — by running torch's own kernel
 on a basis of unit inputs, which reproduces its index and weight arithmetic exactly — and
@@ -128,6 +128,9 @@ for _fwd, _bwd in [
     (aten.upsample_linear1d.default, aten.upsample_linear1d_backward.default),
     (aten.upsample_bilinear2d.default, aten.upsample_bilinear2d_backward.default),
     (aten.upsample_bicubic2d.default, aten.upsample_bicubic2d_backward.default),
+    (aten.upsample_nearest3d.default, aten.upsample_nearest3d_backward.default),
+    (aten._upsample_nearest_exact3d.default, aten._upsample_nearest_exact3d_backward.default),
+    (aten.upsample_trilinear3d.default, aten.upsample_trilinear3d_backward.default),
 ]:
     _register(_fwd, _bwd)
 

@@ -352,6 +352,8 @@ RESAMPLE: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "bilinear_down": (lambda: Interp(size=(2, 3), mode="bilinear"), (1, 2, 4, 5)),
     "bicubic": (lambda: Interp(scale_factor=2, mode="bicubic", align_corners=True), (1, 1, 3, 3)),
     "linear_1d": (lambda: Interp(size=8, mode="linear"), (2, 2, 5)),
+    "trilinear_3d": (lambda: Interp(scale_factor=(2, 1.5, 2), mode="trilinear"), (1, 1, 2, 3, 2)),
+    "nearest_3d": (lambda: Interp(size=(3, 4, 3)), (1, 2, 2, 3, 2)),
     "pixel_shuffle": (lambda: nn.PixelShuffle(2), (1, 8, 2, 3)),
     "pixel_unshuffle": (lambda: nn.PixelUnshuffle(2), (1, 2, 4, 6)),
 }
