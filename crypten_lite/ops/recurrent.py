@@ -21,14 +21,19 @@ cell update, ``tanh(c')``, output gate; measured, 3 parties: 44); GRU ``1 + 9 + 
 RNN ``1 + 9`` (tanh) or ``1 + 4`` (ReLU). Bytes are dominated by the gate sigmoid (about 130
 per gate element and party): ``nn.LSTM(128, 128)`` at batch 16 sends about 2 MB per step and
 party (1.4 MB with ``crypten_lite.nn.reuse_weight_masks``, which spares re-masking ``W_hh``
-every step in a one-direction layer). Errors are those of the activations (sigmoid ``7e-5``, tanh ``9.2e-5``; the
-LSTM's ``tanh(g)`` via the sigmoid ``1.4e-4``), compounded over time steps through the
-recurrence, plus a truncation per product.
+every step in a one-direction layer). Errors are those of the activations (sigmoid ``7e-5``,
+tanh ``9.2e-5``; the LSTM's ``tanh(g)`` via the sigmoid ``1.4e-4``), compounded over time
+steps through the recurrence, plus a truncation per product (``lstm_b16``: max ``2e-4``).
+
+On a ``PackedSequence`` the two directions run one after the other (their active batches
+differ), so a bidirectional layer costs twice the rounds there. ``mkldnn_rnn_layer`` itself
+stays unregistered: nothing reaches it once the torch-level calls are replaced.
 
 Supported: ``batch_first`` both ways, any ``num_layers``, ``bidirectional``, ``bias=False``,
 LSTM ``proj_size``, inter-layer ``dropout`` in training, initial states given or not (public
-zeros), unbatched inputs (the modules add the batch axis). Packed sequences
-(``PackedSequence``) raise :class:`~crypten_lite.errors.UnsupportedOperationError`.
+zeros), unbatched inputs (the modules add the batch axis), and ``PackedSequence`` inputs
+(public lengths, sorted: ``enforce_sorted=False`` sorts with ``index_select``, whose backward
+needs ``index_add_``); each time step updates the sequences still running.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.ops._common import find_party, unsupported, wrap
+from crypten_lite.ops._common import wrap
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
@@ -94,14 +99,9 @@ def _step(mode: str, xw: Any, hw: Any, h: Any, c: Any) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------- whole sequences
 
 
-def _check_packed(mode: str, args: Sequence[Any]) -> None:
-    # torch.<mode>(data, batch_sizes, hx, params, ...) has the parameter list fourth
-    if len(args) > 3 and isinstance(args[3], (list, tuple)):
-        raise unsupported(
-            f"nn.{mode.upper().replace('_TANH', '').replace('_RELU', '')} on a PackedSequence "
-            "(pad the sequences instead: torch.nn.utils.rnn.pad_packed_sequence)",
-            find_party(*args),
-        )
+def _is_packed(args: Sequence[Any]) -> bool:
+    """``torch.<mode>(data, batch_sizes, hx, params, ...)`` has the parameter list fourth."""
+    return len(args) > 3 and isinstance(args[3], (list, tuple))
 
 
 def _layer_weights(
@@ -158,6 +158,89 @@ def _run_layer(
     return torch.cat(pieces, -1), h, c
 
 
+def _run_packed_direction(
+    mode: str,
+    xw: Any,
+    sizes: list[int],
+    w_hh: Any,
+    b_hh: Any,
+    w_hr: Any,
+    h: Any,
+    c: Any,
+    reverse: bool,
+) -> tuple[Any, Any, Any]:
+    """One direction over packed rows: step ``t`` updates the first ``sizes[t]`` sequences
+    (sorted by length), the others keep their state. ``xw``: ``(sum(sizes), G*H)``; ``h``,
+    ``c``: ``(B, H)``. Returns ``(output rows in packed order, h_T, c_T)``."""
+    starts = [sum(sizes[:t]) for t in range(len(sizes))]
+    order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    outs: dict[int, Any] = {}
+    for t in order:
+        b = sizes[t]
+        hw = F.linear(h[:b], w_hh, b_hh)
+        h_new, c_new = _step(
+            mode, xw[starts[t] : starts[t] + b], hw, h[:b], None if c is None else c[:b]
+        )
+        if w_hr is not None:
+            h_new = h_new @ w_hr.t()
+        outs[t] = h_new
+        h = torch.cat([h_new, h[b:]], 0) if b < h.shape[0] else h_new
+        if c is not None:
+            c = torch.cat([c_new, c[b:]], 0) if b < c.shape[0] else c_new
+    return torch.cat([outs[t] for t in range(len(sizes))], 0), h, c
+
+
+def _run_packed(
+    mode: str,
+    data: Any,
+    batch_sizes: Any,
+    hx: Any,
+    params: Sequence[Any],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+) -> tuple[Any, ...]:
+    """``torch.<mode>`` on a ``PackedSequence`` (public ``batch_sizes``): the directions run
+    one after the other (their active batches differ), so a bidirectional layer costs twice
+    the rounds of the padded form."""
+    dirs = 2 if bidirectional else 1
+    sizes = [int(b) for b in batch_sizes.tolist()]
+    h0, c0 = (hx[0], hx[1]) if mode == "lstm" else (hx, None)
+    per_layer = len(params) // num_layers
+    layer_input = data
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        w_ih, w_hh, b_ih, b_hh, w_hr = _layer_weights(
+            params[layer * per_layer : (layer + 1) * per_layer], dirs, has_biases
+        )
+        outs = []
+        for d in range(dirs):
+            row = layer * dirs + d
+            xw = F.linear(layer_input, w_ih[d], None if b_ih is None else b_ih[d])
+            out, h_last, c_last = _run_packed_direction(
+                mode,
+                xw,
+                sizes,
+                w_hh[d],
+                None if b_hh is None else b_hh[d],
+                None if w_hr is None else w_hr[d],
+                h0[row],
+                None if c0 is None else c0[row],
+                reverse=d == 1,
+            )
+            outs.append(out)
+            h_n.append(h_last)
+            c_n.append(c_last)
+        layer_input = torch.cat(outs, -1) if dirs == 2 else outs[0]
+        if dropout > 0.0 and train and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    if mode == "lstm":
+        return layer_input, torch.stack(h_n), torch.stack(c_n)
+    return layer_input, torch.stack(h_n)
+
+
 def _run(
     mode: str,
     x: Any,
@@ -196,29 +279,25 @@ def _run(
 def lstm(*args: Any) -> tuple[Any, ...]:
     """``torch.lstm(input, (h0, c0), params, has_biases, num_layers, dropout, train,
     bidirectional, batch_first)`` -> ``(output, h_n, c_n)`` (see the module docstring)."""
-    _check_packed("lstm", args)
-    return _run("lstm", *args)
+    return _run_packed("lstm", *args) if _is_packed(args) else _run("lstm", *args)
 
 
 @implements_function(torch.gru)
 def gru(*args: Any) -> tuple[Any, ...]:
     """``torch.gru(input, h0, params, ...)`` -> ``(output, h_n)``."""
-    _check_packed("gru", args)
-    return _run("gru", *args)
+    return _run_packed("gru", *args) if _is_packed(args) else _run("gru", *args)
 
 
 @implements_function(torch.rnn_tanh)
 def rnn_tanh(*args: Any) -> tuple[Any, ...]:
     """``torch.rnn_tanh(input, h0, params, ...)`` -> ``(output, h_n)``."""
-    _check_packed("rnn_tanh", args)
-    return _run("rnn_tanh", *args)
+    return _run_packed("rnn_tanh", *args) if _is_packed(args) else _run("rnn_tanh", *args)
 
 
 @implements_function(torch.rnn_relu)
 def rnn_relu(*args: Any) -> tuple[Any, ...]:
     """``torch.rnn_relu(input, h0, params, ...)`` -> ``(output, h_n)``."""
-    _check_packed("rnn_relu", args)
-    return _run("rnn_relu", *args)
+    return _run_packed("rnn_relu", *args) if _is_packed(args) else _run("rnn_relu", *args)
 
 
 # --------------------------------------------------------------------------- cells
@@ -290,3 +369,47 @@ def unsafe_split_with_sizes(
     x: MPCTensor, split_sizes: Sequence[int], dim: int = 0
 ) -> list[MPCTensor]:
     return _copies(x, list(split_sizes), dim)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@implements_function(torch._pack_padded_sequence)
+def pack_padded_sequence(x: Any, lengths: Any, batch_first: bool) -> tuple[Any, torch.Tensor]:
+    """``(data, batch_sizes)``: time step ``t``'s rows of the sequences still running, in
+    order (public ``lengths``, sorted decreasing). Written with slices and ``cat``, so autograd
+    records ops in the table (torch's fused backward writes into a plain tensor in place);
+    ``batch_sizes`` stays a plain tensor, as ``PackedSequence`` reads it in Python."""
+    lens = [int(v) for v in torch.as_tensor(lengths).tolist()]
+    if any(a < b for a, b in zip(lens, lens[1:], strict=False)) or not lens or lens[-1] <= 0:
+        raise ValueError(
+            "pack_padded_sequence: lengths must be positive and sorted in decreasing order "
+            "(or pass enforce_sorted=False)"
+        )
+    seq = x.transpose(0, 1) if batch_first else x
+    sizes = [sum(1 for n in lens if n > t) for t in range(lens[0])]
+    data = torch.cat([seq[t, :b] for t, b in enumerate(sizes)], 0)
+    return data, torch.tensor(sizes, dtype=torch.int64)
+
+
+@implements_function(torch._pad_packed_sequence)
+def pad_packed_sequence(
+    data: Any, batch_sizes: Any, batch_first: bool, padding_value: float, total_length: int
+) -> tuple[Any, torch.Tensor]:
+    """``(padded (T, B, *), lengths)`` from packed rows: each time step's rows, completed to
+    ``B`` with the public ``padding_value`` (torch's own decomposition writes the rows into a
+    plain tensor in place, which cannot hold secrets)."""
+    sizes = [int(b) for b in batch_sizes.tolist()]
+    batch, feature = sizes[0], tuple(data.shape[1:])
+    steps, start = [], 0
+    for b in sizes:
+        rows = data[start : start + b]
+        if b < batch:
+            rows = torch.cat([rows, torch.full((batch - b, *feature), float(padding_value))], 0)
+        steps.append(rows)
+        start += b
+    fill = torch.full((batch, *feature), float(padding_value))
+    steps += [fill] * max(0, total_length - len(sizes))
+    padded = torch.stack(steps, 0)
+    lengths = (torch.tensor(sizes).unsqueeze(1) > torch.arange(batch)).sum(0)
+    return (padded.transpose(0, 1) if batch_first else padded), lengths

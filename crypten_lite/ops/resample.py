@@ -49,7 +49,7 @@ def _axis_matrix(
     basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, *shape)
     out_size = [1] * ndim
     out_size[axis] = n_out
-    out = op(basis, out_size, **dict(options))
+    out: torch.Tensor = op(basis, out_size, **dict(options))
     return out.reshape(n_in, n_out).t().contiguous()
 
 

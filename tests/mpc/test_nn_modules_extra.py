@@ -264,19 +264,39 @@ def test_plaintext_lstm_on_encrypted_sequence(run_parties):
         torch.testing.assert_close(a, b.detach(), atol=1e-3, rtol=0)
 
 
-def test_packed_sequence_raises_on_every_party(run_parties):
-    lstm = seeded(lambda: nn.LSTM(3, 4))
-    packed = nn.utils.rnn.pack_padded_sequence(rand(3, 2, 3), torch.tensor([3, 2]))
+class PackedOut(nn.Module):
+    """Pack (sorted lengths 4, 2, 1), run, pad back; output and final states flattened."""
 
-    def body(party):
-        with cl.use_party(party):
-            m = copy.deepcopy(lstm)
-            cl.encrypt_module(m)
-            with pytest.raises(UnsupportedOperationError, match="PackedSequence"):
-                m(packed)
-            return True
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
 
-    assert all(run_parties(body, 2))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = bool(getattr(self.rnn, "batch_first", False))
+        packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 2, 1]), batch_first=first)
+        out, hidden = self.rnn(packed)
+        padded, lengths = nn.utils.rnn.pad_packed_sequence(out, batch_first=first)
+        assert lengths.tolist() == [4, 2, 1]
+        parts = list(hidden) if isinstance(hidden, tuple) else [hidden]
+        return torch.cat([padded.reshape(-1)] + [p.reshape(-1) for p in parts])
+
+
+PACKED: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "lstm": (lambda: nn.LSTM(3, 4), (4, 3, 3)),
+    "gru_2layer_bidir": (lambda: nn.GRU(3, 4, num_layers=2, bidirectional=True), (4, 3, 3)),
+    "rnn_bidir_batch_first": (
+        lambda: nn.RNN(3, 4, bidirectional=True, batch_first=True),
+        (3, 4, 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PACKED))
+def test_packed_sequences_forward_backward(run_parties, world_size, name):
+    make, shape = PACKED[name]
+    module = seeded(lambda: PackedOut(make()))
+    got, want = run_both(run_parties, world_size, module, (rand(*shape, scale=2.0),))
+    check(got, want, atol=2e-3, rtol=1e-2)
 
 
 def test_unsafe_chunk_copies(run_parties):
