@@ -8,41 +8,56 @@ Importing this package registers every implementation with
 * ``arithmetic`` — add, sub, mul, div, fused multiply-adds, where;
 * ``reductions`` — sum, mean, cumsum, var;
 * ``linear`` — matrix products and convolutions with their backward;
+* ``linear_extra`` — ``nn.Bilinear`` (``_trilinear``) and ``nn.EmbeddingBag`` with backward;
 * ``nonlinear`` — comparisons, ReLU family, abs, clamp, max/min;
+* ``activations_extra`` — hardsigmoid, hardswish, ELU/CELU/SELU, softplus, mish;
 * ``approx`` — exp, log, reciprocal, roots, sigmoid, tanh, erf, GeLU, SiLU, softmax, powers;
 * ``normalization`` — layer norm and batch norm with their backward;
+* ``norms_extra`` — group norm with its backward;
+* ``resample`` — interpolation (nearest, (bi/tri)linear, bicubic) and pixel (un)shuffle;
 * ``pooling`` — average, adaptive average and max pooling with their backward;
+* ``recurrent`` — LSTM, GRU, RNN and their cells, kept whole (torch-level overrides);
 * ``attention`` — scaled dot-product attention kept whole, with its backward;
 * ``losses`` — loss functions and their backward;
 * ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path.
 """
 
 from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
+    activations_extra,
     approx,
     arithmetic,
     attention,
     creation,
     foreach,
     linear,
+    linear_extra,
     losses,
     nonlinear,
     normalization,
+    norms_extra,
     pooling,
+    recurrent,
     reductions,
+    resample,
     shape,
 )
 
 __all__ = [
+    "activations_extra",
     "approx",
     "arithmetic",
     "attention",
     "creation",
     "foreach",
     "linear",
+    "linear_extra",
     "losses",
     "nonlinear",
     "normalization",
+    "norms_extra",
     "pooling",
+    "recurrent",
     "reductions",
+    "resample",
     "shape",
 ]
