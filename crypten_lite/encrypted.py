@@ -59,6 +59,8 @@ def cryptensor(
 
     Args:
         tensor: real numbers (any float or integer dtype), encoded with ``f`` fractional bits.
+            An invalid ``tensor`` on ``src`` fails on every party (``EncodingError`` on the
+            others) when the shape is broadcast; see ``protocols.sharing.share`` for ``shape``.
         requires_grad: make the result an autograd leaf that requires grad.
         ptype: ``ptype.binary`` returns a XOR-shared ``BinaryMPCTensor`` instead.
 
@@ -66,16 +68,9 @@ def cryptensor(
         An :class:`~crypten_lite.tensor.MPCTensor` (float32 logical dtype).
     """
     party = party or get_party()
-    value = None
-    if party.rank == src:
-        if tensor is None:
-            raise ValueError(f"party {party.rank}: the source party of cryptensor() needs a tensor")
-        value = torch.as_tensor(tensor).detach()
-        if value.dtype == torch.bool:
-            value = value.to(torch.int64)
-        if value.is_floating_point():
-            value = value.to(torch.float64)
-    ring = share(value, src, party, shape=shape)
+    # share() checks src's input (None, a ragged list, NaN, an encrypted tensor...) and, when it
+    # is invalid, makes every party raise, not only src.
+    ring = share(tensor if party.rank == src else None, src, party, shape=shape)
     out = MPCTensor(ring, party, requires_grad=requires_grad)
     if ptype == _PType.binary:
         return out.to_binary()
