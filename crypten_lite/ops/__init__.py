@@ -6,6 +6,7 @@ Importing this package registers every implementation with
 * ``creation`` — factories, copies, casts, public random fills;
 * ``shape`` — views, indexing, concatenation, padding (data movement on shares);
 * ``arithmetic`` — add, sub, mul, div, fused multiply-adds, where;
+* ``division`` — exact floor division and remainder by a public power of two;
 * ``reductions`` — sum, mean, cumsum, var;
 * ``linear`` — matrix products and convolutions with their backward;
 * ``nonlinear`` — comparisons, ReLU family, abs, clamp, max/min;
@@ -22,6 +23,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     arithmetic,
     attention,
     creation,
+    division,
     foreach,
     linear,
     losses,
@@ -37,6 +39,7 @@ __all__ = [
     "arithmetic",
     "attention",
     "creation",
+    "division",
     "foreach",
     "linear",
     "losses",

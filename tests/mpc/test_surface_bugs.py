@@ -179,9 +179,10 @@ def test_operators_raise_the_library_error_not_a_bare_type_error(run_parties, wo
             "x / 0.0": lambda: xe / 0.0,
             "x / zeros": lambda: xe / torch.zeros(2),
             "x /= 0": lambda: xe.__itruediv__(0),
-            "x // 2": lambda: xe // 2,
+            "x // 3": lambda: xe // 3,
             "2 // x": lambda: 2 // xe,
-            "x % 2": lambda: xe % 2,
+            "x % 0.5": lambda: xe % 0.5,
+            "trunc": lambda: torch.div(xe, 2, rounding_mode="trunc"),
         }.items():
             try:
                 call()
@@ -192,11 +193,22 @@ def test_operators_raise_the_library_error_not_a_bare_type_error(run_parties, wo
 
     x = torch.tensor([3.0, -7.5])
     for rank, (messages, fine) in enumerate(on_parties(run_parties, world_size, fn)):
-        assert set(messages) == {"x / 0.0", "x / zeros", "x /= 0", "x // 2", "2 // x", "x % 2"}
+        assert set(messages) == {
+            "x / 0.0",
+            "x / zeros",
+            "x /= 0",
+            "x // 3",
+            "2 // x",
+            "x % 0.5",
+            "trunc",
+        }
         for text in messages.values():
             assert text.startswith(f"party {rank}: ") and "unsupported operand" not in text
         assert "by a public zero" in messages["x / 0.0"]
-        assert "floor_divide" in messages["x // 2"] and "remainder" in messages["x % 2"]
+        assert "floor division of an encrypted tensor by 3" in messages["x // 3"]
+        assert "by an encrypted divisor" in messages["2 // x"]
+        assert "remainder of an encrypted tensor by 0.5" in messages["x % 0.5"]
+        assert "rounding_mode='trunc'" in messages["trunc"]
         for got, want in zip(fine, [x + 1, 1 - x, x * 2, x / 4, 2 * x], strict=True):
             torch.testing.assert_close(got, want, atol=ULP, rtol=0)
 
@@ -330,3 +342,42 @@ def test_plain_leaf_gets_an_encrypted_gradient_or_a_clear_error(run_parties, wor
         assert "optimizer.zero_grad()" in message and "requires_grad=False" in message
         assert const_grad is None
         torch.testing.assert_close(xgrad, 3 * w, atol=4 * ULP, rtol=0)
+
+
+# --------------------------------------------------------------- floor division, remainder
+
+
+def test_floor_division_and_remainder_by_powers_of_two_are_exact(run_parties, world_size) -> None:
+    """Against torch on the encoded values (multiples of 2**-16), over the whole range."""
+    gen = torch.Generator().manual_seed(12)
+    edges = [0.0, 2.0**-16, -(2.0**-16), 4.0, -4.0, 3.0, -3.0, 7.99998, -8.0, 1e6, -1e6, 1e9]
+    x = torch.cat(
+        [
+            torch.randn(500, generator=gen) * 10.0 ** torch.randint(-2, 7, (500,), generator=gen),
+            torch.tensor(edges),
+        ]
+    )
+    xq = torch.round(x.double() * 2**16) / 2**16
+    divisors = [1, 2, 8, -4, 0.5 * 4]
+
+    def fn(party: Any) -> Any:
+        xe = cl.cryptensor(x)
+        out = []
+        for d in divisors:
+            y = xe.clone()
+            y //= d  # in place
+            out.append(
+                (
+                    (xe // d).get_plain_text(),
+                    (xe % d).get_plain_text(),
+                    torch.div(xe, d, rounding_mode="floor").get_plain_text(),
+                    y.get_plain_text(),
+                )
+            )
+        return out
+
+    for results in on_parties(run_parties, world_size, fn):
+        for d, (floor, rem, div_floor, inplace) in zip(divisors, results, strict=True):
+            torch.testing.assert_close(floor, torch.floor_divide(xq, d).float(), atol=0, rtol=0)
+            torch.testing.assert_close(rem, torch.remainder(xq, d).float(), atol=0, rtol=0)
+            assert torch.equal(div_floor, floor) and torch.equal(inplace, floor)
