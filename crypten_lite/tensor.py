@@ -429,7 +429,7 @@ def _dispatch(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     fake = _FAKE.get()
     if fake is not None:
         return _fake_dispatch(fake, func, args, kwargs)
-    if func._schema.is_mutable:
+    if args and type(args[0]) is torch.Tensor and func._schema.is_mutable:
         _check_plain_gradient_target(func, args)
     entry = _OPS.get(func)
     if entry is None:
@@ -627,7 +627,7 @@ def _check_plain_gradient_target(func: OpOverload, args: tuple[Any, ...]) -> Non
     which cannot be done without revealing. Every party runs the same backward, so every
     party raises here, before anything is computed.
     """
-    if not args or type(args[0]) is not torch.Tensor or torch._C._current_graph_task_id() == -1:
+    if torch._C._current_graph_task_id() == -1:  # not inside a backward pass
         return
     if not any(
         isinstance(a, MPCTensor) and a.public_value() is None for a in tree_flatten(list(args))[0]
