@@ -6,6 +6,7 @@ Importing this package registers every implementation with
 * ``creation`` — factories, copies, casts, public random fills;
 * ``shape`` — views, indexing, concatenation, padding (data movement on shares);
 * ``arithmetic`` — add, sub, mul, div, fused multiply-adds, where;
+* ``division`` — exact floor division and remainder by a public power of two;
 * ``reductions`` — sum, mean, cumsum, var;
 * ``linear`` — matrix products and convolutions with their backward;
 * ``linear_extra`` — ``nn.Bilinear`` (``_trilinear``) and ``nn.EmbeddingBag`` with backward;
@@ -28,6 +29,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     arithmetic,
     attention,
     creation,
+    division,
     foreach,
     linear,
     linear_extra,
@@ -48,6 +50,7 @@ __all__ = [
     "arithmetic",
     "attention",
     "creation",
+    "division",
     "foreach",
     "linear",
     "linear_extra",

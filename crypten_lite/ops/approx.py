@@ -262,6 +262,8 @@ def _dim(x: MPCTensor, dim: int) -> int:
 def softmax_value(x: MPCTensor, dim: int) -> MPCTensor:
     """``softmax(x, dim)`` by ``protocols.approximations.softmax`` (max-subtracted)."""
     party = x.party
+    if x.dim() == 0:  # a softmax over one element is 1 whatever x is (torch's answer): public
+        return wrap_public(torch.ones(()), party)
     return wrap(approximations.softmax(_share_f(x), party, _dim(x, dim)), party)
 
 
@@ -274,6 +276,8 @@ def softmax(x: MPCTensor, dim: int, half_to_float: bool = False) -> MPCTensor:
 def log_softmax(x: MPCTensor, dim: int, half_to_float: bool = False) -> MPCTensor:
     """``log_softmax`` by ``protocols.approximations.log_softmax``."""
     party = x.party
+    if x.dim() == 0:  # log of a softmax over one element: 0 whatever x is, public
+        return wrap_public(torch.zeros(()), party)
     return wrap(approximations.log_softmax(_share_f(x), party, _dim(x, dim)), party)
 
 
