@@ -14,7 +14,8 @@ Importing this package registers every implementation with
 * ``pooling`` — average, adaptive average and max pooling with their backward;
 * ``attention`` — scaled dot-product attention kept whole, with its backward;
 * ``losses`` — loss functions and their backward;
-* ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path.
+* ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path;
+* ``inplace`` — the in-place twin (``abs_``, ``squeeze_``, ...) of every op above (imported last).
 """
 
 from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
@@ -31,6 +32,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     reductions,
     shape,
 )
+from crypten_lite.ops import inplace  # noqa: E402,F401 - last: twins of every op above
 
 __all__ = [
     "approx",
@@ -38,6 +40,7 @@ __all__ = [
     "attention",
     "creation",
     "foreach",
+    "inplace",
     "linear",
     "losses",
     "nonlinear",
