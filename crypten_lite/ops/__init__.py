@@ -32,7 +32,9 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     reductions,
     shape,
 )
-from crypten_lite.ops import inplace  # noqa: E402,F401 - last: twins of every op above
+
+# isort: split
+from crypten_lite.ops import inplace  # noqa: F401 - last: the twins of every op above
 
 __all__ = [
     "approx",
