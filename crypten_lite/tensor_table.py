@@ -55,6 +55,11 @@ _FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 def _is_functional(op: OpOverload) -> bool:
     schema = op._schema
+    # ``empty`` factories (new_empty_strided, which autograd uses to accumulate gradients,
+    # empty_like, ...) are functional, but their plaintext result is uninitialised memory,
+    # which may not even be encodable: they always run their MPC implementation (zeros).
+    if "empty" in op.overloadpacket.__name__:
+        return False
     return not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
 
 

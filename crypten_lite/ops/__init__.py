@@ -29,6 +29,8 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     nonlinear,
     normalization,
     pooling,
+    predicates,
+    products,
     reductions,
     shape,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "nonlinear",
     "normalization",
     "pooling",
+    "predicates",
+    "products",
     "reductions",
     "shape",
 ]

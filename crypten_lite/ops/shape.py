@@ -313,3 +313,53 @@ def constant_pad_nd(x: MPCTensor, pad: Sequence[int], value: Any = 0) -> MPCTens
     return wrap(
         torch.constant_pad_nd(x._share, list(pad), fill), party, dtype=x.dtype, public=out_public
     )
+
+
+@implements(aten.scatter.value, check=_secret_index)
+def scatter_value(base: Any, dim: int, index: Any, value: Any) -> MPCTensor:
+    """Scatter a public scalar at public indices: shares are overwritten by the scalar's
+    encoding on party 0 and by 0 elsewhere (``scatter``'s backward zeroes the scattered
+    positions with ``value = 0``)."""
+    party = find_party(base, index)
+    idx = _public_index(index, party, "scatter")
+    fill = torch.as_tensor(public_of(value) if isinstance(value, torch.Tensor) else value)
+    frac, dtype = _common_frac([base, fill], party)
+    enc = int(encode(fill.to(torch.float64), frac)) if party.rank == 0 else 0
+    share = ring_of(base, party, frac)
+    return wrap(aten.scatter.value(share, dim, idx, enc), party, dtype=dtype)
+
+
+def _fill_mask(shape: Sequence[int], dim: int, index: torch.Tensor) -> torch.Tensor:
+    """Public bool mask of the positions ``index_fill(dim, index)`` writes."""
+    d = dim % max(1, len(shape))
+    mask = torch.zeros(list(shape), dtype=torch.bool)
+    if not shape:
+        return mask | bool(index.numel())
+    return mask.index_fill(d, index.reshape(-1), True)
+
+
+@implements(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor, check=_secret_index)
+def index_fill(base: Any, dim: int, index: Any, value: Any) -> MPCTensor:
+    """Fill the slices at public ``index`` with a scalar (public, or a 0-dim secret, as in
+    ``trace``'s backward): a public mask selects share by share (local, exact)."""
+    party = find_party(base, value)
+    idx = _public_index(index, party, "index_fill")
+    mask = _fill_mask(base.shape, dim, torch.as_tensor(idx))
+    frac, dtype = _common_frac([base, value], party)
+    fill = ring_of(value, party, frac).expand(mask.shape)
+    return wrap(torch.where(mask, fill, ring_of(base, party, frac)), party, dtype=dtype)
+
+
+@implements(aten.take.default, check=_secret_index)
+def take(x: MPCTensor, index: Any) -> MPCTensor:
+    """``x.reshape(-1)[index]`` at public indices (share-wise, no messages)."""
+    idx = _public_index(index, x.party, "take")
+    return share_wise(aten.take.default, x, idx)
+
+
+@implements(aten.put.default, check=_secret_index)
+def put(base: Any, index: Any, source: Any, accumulate: bool = False) -> MPCTensor:
+    """``take``'s inverse (and its backward): write or add ``source`` at public flat indices."""
+    party = find_party(base, source)
+    idx = _public_index(index, party, "put")
+    return _two_operand(lambda b, s: aten.put.default(b, idx, s, accumulate), base, source)
