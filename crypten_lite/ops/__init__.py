@@ -34,6 +34,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     products,
     reductions,
     shape,
+    sorting,
 )
 
 # isort: split
@@ -56,4 +57,5 @@ __all__ = [
     "products",
     "reductions",
     "shape",
+    "sorting",
 ]

@@ -26,7 +26,7 @@ from crypten_lite.ops._common import (
     wrap,
 )
 from crypten_lite.ops._fixed import add_values, mul_values
-from crypten_lite.ops.reductions import ONEHOT_KEY
+from crypten_lite.ops.reductions import ONEHOT_KEY, place_at_indices
 from crypten_lite.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
@@ -267,13 +267,37 @@ def scatter_src(base: Any, dim: int, index: Any, src: Any) -> MPCTensor:
         if base_pub is None or bool((base_pub != 0).any()):
             out = add_values(add_values(base, mul_values(hot, base, party), party, -1), out, party)
         return out
+    if isinstance(index, MPCTensor) and index.public_value() is None:
+        return _scatter_secret(base, dim, index, src)
     idx = _public_index(index, party, "scatter")
     return _two_operand(lambda b, s: aten.scatter.src(b, dim, idx, s), base, src)
 
 
+def _scatter_secret(base: Any, dim: int, index: MPCTensor, src: Any) -> MPCTensor:
+    """``base.scatter(dim, index, src)`` at secret (distinct) indices, e.g. the backward of
+    ``sort``/``topk``/``kthvalue``: ``src`` placed through the one-hot of the indices; a
+    non-zero ``base`` is kept where no index points (one more one-hot placement of ones)."""
+    party = index.party
+    size = base.shape[dim % max(1, base.dim())]
+    if isinstance(src, torch.Tensor) and src.shape != index.shape:
+        src = src[tuple(slice(0, n) for n in index.shape)]
+    placed = place_at_indices(src, index, dim, size)
+    base_pub = public_of(base)
+    if base_pub is not None and not bool((base_pub != 0).any()):
+        return placed
+    hit = place_at_indices(torch.ones(index.shape, dtype=torch.int64), index, dim, size)
+    kept = add_values(base, mul_values(hit, base, party), party, -1)
+    return add_values(kept, placed, party)
+
+
 @implements(aten.scatter_add.default)
 def scatter_add(base: Any, dim: int, index: Any, src: Any) -> MPCTensor:
+    """Add ``src`` at public indices (share-wise), or at secret int64 indices (``cummax``'s
+    backward) through their one-hot (:func:`~crypten_lite.ops.reductions.place_at_indices`)."""
     party = find_party(base, src)
+    if isinstance(index, MPCTensor) and index.public_value() is None:
+        size = base.shape[dim % max(1, base.dim())]
+        return add_values(base, place_at_indices(src, index, dim, size), party)
     idx = _public_index(index, party, "scatter_add")
     return _two_operand(lambda b, s: aten.scatter_add.default(b, dim, idx, s), base, src)
 
