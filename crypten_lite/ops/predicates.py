@@ -26,7 +26,7 @@ import torch
 from crypten_lite.ops._common import ring_of, wrap, wrap_public
 from crypten_lite.ops.nonlinear import compare
 from crypten_lite.ops.reductions import reduce_count
-from crypten_lite.tensor import MPCTensor, implements
+from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
 
@@ -47,6 +47,21 @@ def never(x: MPCTensor) -> MPCTensor:
 def isfinite(x: MPCTensor) -> MPCTensor:
     """Public all-True: fixed-point values are always finite (no messages)."""
     return _constant(x, True)
+
+
+# torch decomposes isinf/isfinite (``|x| == inf``, ``x == x``) above the dispatch table for
+# some inputs, which would spend secure comparisons on a known answer: keep the calls whole.
+@implements_function(
+    torch.isnan, torch.Tensor.isnan, torch.isinf, torch.Tensor.isinf,
+    torch.isposinf, torch.Tensor.isposinf, torch.isneginf, torch.Tensor.isneginf,
+)  # fmt: skip
+def never_function(x: MPCTensor) -> MPCTensor:
+    return never(x)
+
+
+@implements_function(torch.isfinite, torch.Tensor.isfinite)
+def isfinite_function(x: MPCTensor) -> MPCTensor:
+    return isfinite(x)
 
 
 def _bits(x: MPCTensor) -> MPCTensor:
