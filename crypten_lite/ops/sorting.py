@@ -106,7 +106,9 @@ def sort_stable(
     x: MPCTensor, *, stable: Any = None, dim: int = -1, descending: bool = False
 ) -> tuple[MPCTensor, MPCTensor]:
     _refuse_stable(stable, x.party)
-    return sort(x, dim, descending)
+    values, idx = sort_along(x, dim, descending)
+    assert idx is not None
+    return values, idx
 
 
 @implements(aten.topk.default)
@@ -123,21 +125,25 @@ def topk(
     return _pick(values, dim, 0, k, True), _pick(idx, dim, 0, k, True)
 
 
+def _kth(x: MPCTensor, k: int, dim: int, keepdim: bool) -> tuple[MPCTensor, MPCTensor]:
+    values, idx = sort_along(x, dim)
+    assert idx is not None
+    return _pick(values, dim, k - 1, 1, keepdim), _pick(idx, dim, k - 1, 1, keepdim)
+
+
 @implements(aten.kthvalue.default)
 def kthvalue(
     x: MPCTensor, k: int, dim: int = -1, keepdim: bool = False
 ) -> tuple[MPCTensor, MPCTensor]:
     """The ``k``-th smallest value (1-based) along ``dim`` and its secret index."""
-    values, idx = sort_along(x, dim)
-    assert idx is not None
-    return _pick(values, dim, k - 1, 1, keepdim), _pick(idx, dim, k - 1, 1, keepdim)
+    return _kth(x, k, dim, keepdim)
 
 
 @implements(aten.median.dim)
 def median_dim(x: MPCTensor, dim: int, keepdim: bool = False) -> tuple[MPCTensor, MPCTensor]:
     """torch's lower median (position ``(m - 1) // 2`` of the sorted values) and its index."""
     m = x.shape[dim] if x.dim() else 1
-    return kthvalue(x, (m - 1) // 2 + 1, dim, keepdim)
+    return _kth(x, (m - 1) // 2 + 1, dim, keepdim)
 
 
 @implements(aten.median.default)
