@@ -35,6 +35,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     reductions,
     shape,
     sorting,
+    transcendental,
 )
 
 # isort: split
@@ -58,4 +59,5 @@ __all__ = [
     "reductions",
     "shape",
     "sorting",
+    "transcendental",
 ]

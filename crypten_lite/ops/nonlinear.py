@@ -336,3 +336,12 @@ def logical_and_(x: MPCTensor, y: Any) -> Any:
 @implements(aten.logical_or_.default, aten.bitwise_or_.Tensor)
 def logical_or_(x: MPCTensor, y: Any) -> Any:
     return assign(x, logical_or(x, y))
+
+
+@implements(aten.logical_xor.default)
+def logical_xor(x: Any, y: Any) -> MPCTensor:
+    """``a + b - 2ab`` for 0/1 secrets (one Beaver round, no truncation)."""
+    party = find_party(x, y)
+    a, b = _as_bit(x, party), _as_bit(y, party)
+    both = mul_values(a, b, party)
+    return _bool(ring_of(a, party, 0) + ring_of(b, party, 0) - 2 * both._share, party)

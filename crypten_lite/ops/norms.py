@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import unsupported, wrap
+from crypten_lite.ops._common import find_party, ring_of, unsupported, wrap
 from crypten_lite.protocols import elementary
 from crypten_lite.protocols.comparison import abs_and_sign
 from crypten_lite.protocols.reduction import min_dim
-from crypten_lite.tensor import MPCTensor, implements
+from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
 
@@ -104,3 +104,45 @@ def linalg_vector_norm(
 def norm(x: MPCTensor, p: Any = 2, dim: Any = None, keepdim: bool = False) -> MPCTensor:
     """``torch.norm`` (``F.pairwise_distance`` calls it): the vector norm."""
     return vector_norm(x, p, dim, keepdim)
+
+
+def _distances(diff: torch.Tensor, party: Any, p: Any) -> MPCTensor:
+    """Norms over the last dimension of a share of differences."""
+    return vector_norm(wrap(diff.contiguous(), party), p, -1)
+
+
+def _check_cdist(x1: Any, x2: Any, p: Any, *args: Any) -> str | None:
+    return _check(x1, p)
+
+
+@implements(aten._cdist_forward.default, check=_check_cdist)
+def cdist(x1: Any, x2: Any, p: Any, compute_mode: Any = None) -> MPCTensor:
+    """``torch.cdist``: ``||x1[i] - x2[j]||_p`` for every pair of rows (``(.., P, R)``), as the
+    vector norm of the ``P * R`` differences (memory ``P * R * M``). Forward only: its
+    backward (``_cdist_backward``) is not supported."""
+    party = find_party(x1, x2)
+    f = party.frac_bits
+    diff = ring_of(x1, party, f).unsqueeze(-2) - ring_of(x2, party, f).unsqueeze(-3)
+    return _distances(diff, party, p)
+
+
+@implements(aten._pdist_forward.default, check=_check)
+def pdist(x: MPCTensor, p: Any = 2) -> MPCTensor:
+    """``F.pdist``: norms of ``x[i] - x[j]`` for the rows ``i < j`` (row-major), forward only."""
+    n = x.shape[0]
+    first, second = torch.triu_indices(n, n, 1)
+    share = ring_of(x, x.party, x.party.frac_bits)
+    return _distances(share[first] - share[second], x.party, p)
+
+
+# Kept whole at the torch level and composed of differentiable ops, so autograd gives their
+# backward (torch's own ``_cdist_backward`` / ``_pdist_backward`` are not supported).
+@implements_function(torch.cdist)
+def cdist_function(x1: Any, x2: Any, p: float = 2.0, compute_mode: Any = None) -> Any:
+    return torch.linalg.vector_norm(x1.unsqueeze(-2) - x2.unsqueeze(-3), p, dim=-1)
+
+
+@implements_function(torch.pdist, torch.nn.functional.pdist)
+def pdist_function(x: Any, p: float = 2.0) -> Any:
+    first, second = torch.triu_indices(x.shape[0], x.shape[0], 1)
+    return torch.linalg.vector_norm(x[first] - x[second], p, dim=-1)

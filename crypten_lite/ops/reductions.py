@@ -279,3 +279,11 @@ def place_at_indices(values: Any, indices: MPCTensor, dim: int, size: int) -> MP
         vals = values.movedim(d, -1).unsqueeze(-1)
     placed = mul_values(vals, onehot, party)
     return wrap(placed._share.sum(-2).movedim(-1, d).contiguous(), party, dtype=placed.dtype)
+
+
+@implements(aten.var.dim)
+def var_dim(
+    x: MPCTensor, dim: Sequence[int] | None = None, unbiased: bool = True, keepdim: bool = False
+) -> MPCTensor:
+    """``var(dim, unbiased)`` (the older signature): as ``var.correction``."""
+    return _var(x, dim, 1 if unbiased else 0, keepdim)[0]

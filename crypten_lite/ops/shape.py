@@ -387,3 +387,98 @@ def put(base: Any, index: Any, source: Any, accumulate: bool = False) -> MPCTens
     party = find_party(base, source)
     idx = _public_index(index, party, "put")
     return _two_operand(lambda b, s: aten.put.default(b, idx, s, accumulate), base, source)
+
+
+@implements(aten.fill.Scalar)
+def fill(x: MPCTensor, value: Any) -> MPCTensor:
+    """A public tensor of ``x``'s shape filled with ``value`` (``fill_``'s functional form)."""
+    party = x.party
+    public = torch.full(tuple(x.shape), float(value)).to(x.dtype)
+    share = ring_of(public, party, x.frac_bits)
+    return wrap(share, party, dtype=x.dtype, public=public)
+
+
+@implements(aten.copy.default)
+def copy(x: Any, src: Any, non_blocking: bool = False) -> MPCTensor:
+    """``copy_``'s functional form: ``src``'s values in ``x``'s shape and dtype (float results
+    from int/bool sources are an exact shift; float into int needs a floor and is refused)."""
+    party = find_party(x, src)
+    dtype = x.dtype if isinstance(x, torch.Tensor) else torch.float32
+    frac = party.frac_bits if dtype.is_floating_point else 0
+    if frac_of(src, party) > frac:
+        raise unsupported(f"copy of an encrypted float into a {dtype} tensor", party)
+    share = ring_of(src, party, frac).expand(x.shape).clone()
+    return wrap(share, party, dtype=torch.float32 if dtype.is_floating_point else dtype)
+
+
+def _secret_mask(base: Any, mask: Any, source: Any) -> str | None:
+    return _secret_index(base, mask)
+
+
+@implements(aten.masked_scatter.default, check=_secret_mask)
+def masked_scatter(base: Any, mask: Any, source: Any) -> MPCTensor:
+    """Write ``source``'s leading entries where the **public** ``mask`` is true (share-wise)."""
+    party = find_party(base, source)
+    m = _public_index(mask, party, "masked_scatter")
+    return _two_operand(lambda b, s: aten.masked_scatter.default(b, m, s), base, source)
+
+
+@implements(aten.masked_scatter_backward.default, check=_secret_index)
+def masked_scatter_backward(grad: Any, mask: Any, sizes: Sequence[int]) -> MPCTensor:
+    """The gradient of ``masked_scatter``'s source: ``grad`` at the public mask, in order."""
+    party = find_party(grad, mask)
+    m = _public_index(mask, party, "masked_scatter")
+    return wrap(
+        aten.masked_scatter_backward.default(ring_of(grad, party, party.frac_bits), m, sizes),
+        party,
+    )
+
+
+# ---------------------------------------------------------------- reflection / replication pads
+# Pure data movement with a public pattern: run the op on the (public) positions 0..n-1 of the
+# input to learn which entry each output reads, then gather the shares. The backward adds each
+# output gradient back to the entry it was read from (index_add at the same public positions).
+
+_PADS = {
+    aten.reflection_pad1d.default: aten.reflection_pad1d_backward.default,
+    aten.reflection_pad2d.default: aten.reflection_pad2d_backward.default,
+    aten.reflection_pad3d.default: aten.reflection_pad3d_backward.default,
+    aten.replication_pad1d.default: aten.replication_pad1d_backward.default,
+    aten.replication_pad2d.default: aten.replication_pad2d_backward.default,
+    aten.replication_pad3d.default: aten.replication_pad3d_backward.default,
+}
+
+
+def _read_positions(op: Any, shape: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+    """For each output entry of ``op(input of shape, padding)``, the flat input entry it reads."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    positions = torch.arange(n, dtype=torch.float64).reshape(list(shape))
+    return op(positions, list(padding)).round().to(torch.int64)  # exact below 2**53
+
+
+def _register_pad(op: Any, backward: Any) -> None:
+    def pad(x: MPCTensor, padding: Sequence[int]) -> MPCTensor:
+        read = _read_positions(op, x.shape, padding)
+        out = x._share.reshape(-1)[read.reshape(-1)].reshape(read.shape)
+        return wrap(out, x.party, dtype=x.dtype)
+
+    def pad_backward(grad: Any, x: Any, padding: Sequence[int]) -> MPCTensor:
+        party = find_party(grad, x)
+        read = _read_positions(op, x.shape, padding)
+        g = ring_of(grad, party, party.frac_bits).reshape(-1)
+        share = torch.zeros(x.numel(), dtype=torch.int64).index_add(0, read.reshape(-1), g)
+        share = share.reshape(x.shape)
+        return wrap(share, party)
+
+    pad.__name__ = op.__name__.replace(".", "_")
+    pad.__doc__ = f"``{op}``: a public gather of the shares (no messages)."
+    pad_backward.__name__ = backward.__name__.replace(".", "_")
+    pad_backward.__doc__ = f"``{backward}``: a public index_add of the shares (no messages)."
+    implements(op)(pad)
+    implements(backward)(pad_backward)
+
+
+for _pad, _pad_backward in _PADS.items():
+    _register_pad(_pad, _pad_backward)

@@ -357,3 +357,38 @@ def test_sort_rounds_match_the_docstring(run_parties, m):
 
     rounds = run_parties(body, 2)[0]
     assert rounds <= 5 * len(network_layers(m)), rounds
+
+
+# --------------------------------------------------------------------------- core-aten extras
+
+EXTRAS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "var.dim": lambda t: torch.ops.aten.var.dim(t, [1], False, True),
+    "fill": lambda t: torch.ops.aten.fill.Scalar(t, 2.5) + t,
+    "copy": lambda t: torch.ops.aten.copy.default(t.detach(), t[0].detach()) * 2 + t,
+    "masked_scatter": lambda t: t.masked_scatter(
+        torch.tensor([[True, False, True, False]] * 3), t * 3
+    ),
+    "reflect1d": lambda t: F.pad(t.unsqueeze(0), (2, 1), mode="reflect"),
+    "reflect2d": lambda t: F.pad(t.reshape(1, 1, 3, 4), (1, 2, 2, 1), mode="reflect"),
+    "replicate2d": lambda t: F.pad(t.reshape(1, 1, 3, 4), (1, 2, 2, 1), mode="replicate"),
+    "reflect3d": lambda t: F.pad(t.reshape(1, 1, 1, 3, 4), (1, 1, 1, 1, 0, 0), mode="reflect"),
+    "logical_xor": lambda t: torch.logical_xor(t > 1, t < 2).float() + t,
+    "cdist": lambda t: torch.cdist(t, t[:2] * 0.5),
+    "pdist": lambda t: F.pdist(t),
+    "log2": lambda t: t.log2(),
+    "log10": lambda t: t.log10(),
+    "sinh": lambda t: t.sinh(),
+    "cosh": lambda t: t.cosh(),
+    "tan": lambda t: (t / 3).tan(),
+    "pow_base": lambda t: 2.0**t,
+    "pow_tensor": lambda t: t ** (t / 2),
+}
+_EXACT = {"var.dim", "fill", "copy", "masked_scatter", "reflect1d", "reflect2d", "replicate2d",
+          "reflect3d", "logical_xor"}  # fmt: skip
+
+
+def test_core_extras(run_parties, world_size):
+    x = torch.rand(3, 4, generator=GEN) * 3 + 0.2  # positive: inside log's domain
+    got = run_cases(run_parties, world_size, x, EXTRAS)
+    # data movement is exact; approximations: relative ~1e-4 of exp/log/sin/cos, reciprocal
+    check_cases(got, x, EXTRAS, lambda name: (8 * ULP, 1e-4) if name in _EXACT else (2e-3, 2e-3))
