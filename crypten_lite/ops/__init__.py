@@ -15,6 +15,12 @@ Importing this package registers every implementation with
 * ``attention`` — scaled dot-product attention kept whole, with its backward;
 * ``losses`` — loss functions and their backward;
 * ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path;
+* ``norms`` — vector norms (``norm``, ``linalg.vector_norm``), ``cdist``/``pdist``;
+* ``predicates`` — ``isnan``/``isinf``/``isfinite`` (public), ``any``/``all`` (secret);
+* ``products`` — ``prod`` and ``cumprod``;
+* ``rounding`` — exact ``floor``, ``ceil``, ``trunc``, ``round``, ``frac``;
+* ``sorting`` — ``sort``/``argsort``, ``topk``, ``kthvalue``, ``median``, ``cummax``/``cummin``;
+* ``transcendental`` — ``log2``/``log10``, ``sinh``/``cosh``/``tan``, ``pow`` with a secret exponent;
 * ``inplace`` — the in-place twin (``abs_``, ``squeeze_``, ...) of every op above (imported last).
 """
 
@@ -33,6 +39,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     predicates,
     products,
     reductions,
+    rounding,
     shape,
     sorting,
     transcendental,
@@ -57,6 +64,7 @@ __all__ = [
     "predicates",
     "products",
     "reductions",
+    "rounding",
     "shape",
     "sorting",
     "transcendental",

@@ -362,7 +362,16 @@ def _fill_mask(shape: Sequence[int], dim: int, index: torch.Tensor) -> torch.Ten
     return mask.index_fill(d, index.reshape(-1), True)
 
 
-@implements(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor, check=_secret_index)
+def _index_at(position: int) -> Any:
+    """Validator: the argument at ``position`` (an index) must be public; others may be secret."""
+
+    def check(*args: Any, **kwargs: Any) -> str | None:
+        return _secret_index(None, args[position]) if len(args) > position else None
+
+    return check
+
+
+@implements(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor, check=_index_at(2))
 def index_fill(base: Any, dim: int, index: Any, value: Any) -> MPCTensor:
     """Fill the slices at public ``index`` with a scalar (public, or a 0-dim secret, as in
     ``trace``'s backward): a public mask selects share by share (local, exact)."""
@@ -381,7 +390,7 @@ def take(x: MPCTensor, index: Any) -> MPCTensor:
     return share_wise(aten.take.default, x, idx)
 
 
-@implements(aten.put.default, check=_secret_index)
+@implements(aten.put.default, check=_index_at(1))
 def put(base: Any, index: Any, source: Any, accumulate: bool = False) -> MPCTensor:
     """``take``'s inverse (and its backward): write or add ``source`` at public flat indices."""
     party = find_party(base, source)
@@ -411,11 +420,7 @@ def copy(x: Any, src: Any, non_blocking: bool = False) -> MPCTensor:
     return wrap(share, party, dtype=torch.float32 if dtype.is_floating_point else dtype)
 
 
-def _secret_mask(base: Any, mask: Any, source: Any) -> str | None:
-    return _secret_index(base, mask)
-
-
-@implements(aten.masked_scatter.default, check=_secret_mask)
+@implements(aten.masked_scatter.default, check=_index_at(1))
 def masked_scatter(base: Any, mask: Any, source: Any) -> MPCTensor:
     """Write ``source``'s leading entries where the **public** ``mask`` is true (share-wise)."""
     party = find_party(base, source)

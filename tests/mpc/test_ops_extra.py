@@ -392,3 +392,36 @@ def test_core_extras(run_parties, world_size):
     got = run_cases(run_parties, world_size, x, EXTRAS)
     # data movement is exact; approximations: relative ~1e-4 of exp/log/sin/cos, reciprocal
     check_cases(got, x, EXTRAS, lambda name: (8 * ULP, 1e-4) if name in _EXACT else (2e-3, 2e-3))
+
+
+def test_rounding_is_exact_ties_included(run_parties, world_size):
+    ties = [
+        -2.5,
+        -1.5,
+        -0.5,
+        0.5,
+        1.5,
+        2.5,
+        3.0,
+        -3.0,
+        0.0,
+        -(2.0**-16),
+        2.0**-16,
+        1000.25,
+        -1000.75,
+    ]
+    x = torch.cat([torch.linspace(-300, 300, 61), torch.tensor(ties)])
+    fns = {"floor": torch.floor, "ceil": torch.ceil, "trunc": torch.trunc, "round": torch.round,
+           "frac": torch.frac}  # fmt: skip
+
+    def body(party: Any) -> Any:
+        with cl.use_party(party):
+            xe = cl.cryptensor(x, requires_grad=True)
+            out = {name: f(xe).get_plain_text() for name, f in fns.items()}
+            torch.floor(xe * 2).sum().backward()
+            return out, xe.grad.get_plain_text()
+
+    got, grad = run_parties(body, world_size)[0]
+    for name, f in fns.items():
+        assert torch.equal(got[name], f(x)), name
+    assert torch.equal(grad, torch.zeros_like(x))
