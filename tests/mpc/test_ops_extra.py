@@ -425,3 +425,25 @@ def test_rounding_is_exact_ties_included(run_parties, world_size):
     for name, f in fns.items():
         assert torch.equal(got[name], f(x)), name
     assert torch.equal(grad, torch.zeros_like(x))
+
+
+def test_division_with_rounding_by_public_divisors(run_parties, world_size):
+    x = torch.cat([torch.linspace(-20, 20, 41), torch.tensor([6.0, -6.0, 9.0, -9.0, 2.0**-16])])
+    fns = {
+        "x // 2": lambda t: t // 2,
+        "x // -3": lambda t: t // -3,
+        "div trunc": lambda t: torch.div(t, -4, rounding_mode="trunc"),
+        "x % 3": lambda t: t % 3,
+        "x % -3": lambda t: t % -3,
+        "fmod": lambda t: torch.fmod(t, 3),
+        "div floor tensor": lambda t: torch.div(t, torch.tensor([2.0]), rounding_mode="floor"),
+    }
+
+    def body(party: Any) -> Any:
+        with cl.use_party(party):
+            xe = cl.cryptensor(x)
+            return {name: f(xe).get_plain_text() for name, f in fns.items()}
+
+    got = run_parties(body, world_size)[0]
+    for name, f in fns.items():
+        assert torch.equal(got[name], f(x)), name
