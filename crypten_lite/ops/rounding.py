@@ -122,7 +122,10 @@ def div_rounded(x: Any, y: Any, mode: str | None) -> MPCTensor:
     """``torch.div(x, y, rounding_mode=mode)`` for an encrypted ``x`` and a public ``y``."""
     party = find_party(x, y)
     if mode is None:
-        return div_values(x, y, party) if public_of(y) is not None else x / y  # type: ignore[no-any-return]
+        if public_of(y) is not None:
+            return div_values(x, y, party)
+        quotient: MPCTensor = x / y
+        return quotient
     if not isinstance(x, MPCTensor) or public_of(x) is not None:
         raise unsupported(f"division of a public value by an encrypted one ({mode})", party)
     divisor = _public_divisor(y, party, f"division with rounding_mode={mode!r}")

@@ -460,7 +460,8 @@ def _read_positions(op: Any, shape: Sequence[int], padding: Sequence[int]) -> to
     for s in shape:
         n *= int(s)
     positions = torch.arange(n, dtype=torch.float64).reshape(list(shape))
-    return op(positions, list(padding)).round().to(torch.int64)  # exact below 2**53
+    read: torch.Tensor = op(positions, list(padding))
+    return read.round().to(torch.int64)  # exact below 2**53
 
 
 def _register_pad(op: Any, backward: Any) -> None:
