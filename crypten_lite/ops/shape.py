@@ -25,7 +25,7 @@ from crypten_lite.ops._common import (
     unsupported,
     wrap,
 )
-from crypten_lite.ops._fixed import add_values, mul_values
+from crypten_lite.ops._fixed import add_values, div_values, mul_values
 from crypten_lite.ops.reductions import ONEHOT_KEY, place_at_indices
 from crypten_lite.party import Party
 from crypten_lite.tensor import MPCTensor, implements
@@ -488,3 +488,72 @@ def _register_pad(op: Any, backward: Any) -> None:
 
 for _pad, _pad_backward in _PADS.items():
     _register_pad(_pad, _pad_backward)
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+
+
+def _im2col_read(shape: Sequence[int], *args: Any) -> torch.Tensor:
+    """``im2col`` of the positions ``1..n`` of an image of ``shape`` (0 where it reads padding)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    positions = torch.arange(1, n + 1, dtype=torch.float64).reshape(list(shape))
+    read: torch.Tensor = aten.im2col.default(positions, *args)
+    return read.round().to(torch.int64)
+
+
+@implements(aten.im2col.default)
+def im2col(x: MPCTensor, *args: Any) -> MPCTensor:
+    """``F.unfold``: a public gather of the shares (padding reads a zero); no messages."""
+    read = _im2col_read(x.shape, *args)
+    padded = torch.cat([torch.zeros(1, dtype=torch.int64), x._share.reshape(-1)])
+    return wrap(padded[read.reshape(-1)].reshape(read.shape), x.party, dtype=x.dtype)
+
+
+@implements(aten.col2im.default)
+def col2im(x: MPCTensor, output_size: Sequence[int], *args: Any) -> MPCTensor:
+    """``F.fold``: overlapping columns summed into the image, a public index_add of the shares
+    (exact, no messages); also ``im2col``'s backward."""
+    lead = list(x.shape[:-2])
+    channels = x.shape[-2]
+    kernel = args[0]
+    per = int(kernel[0]) * int(kernel[1])
+    shape = [*lead, channels // per, *[int(s) for s in output_size]]
+    read = _im2col_read(shape, *args)
+    n = 1
+    for s in shape:
+        n *= s
+    out = torch.zeros(n + 1, dtype=torch.int64).index_add(0, read.reshape(-1), x._share.reshape(-1))
+    return wrap(out[1:].reshape(shape), x.party, dtype=x.dtype)
+
+
+# --------------------------------------------------------------------------- scatter_reduce
+
+
+def _reduce_check(base: Any, dim: int, index: Any, src: Any, reduce: str, **_: Any) -> str | None:
+    if reduce not in ("sum", "mean"):
+        return f"scatter_reduce with reduce={reduce!r} (supported: 'sum', 'mean')"
+    return _secret_index(None, index)
+
+
+@implements(aten.scatter_reduce.two, check=_reduce_check)
+def scatter_reduce(
+    base: Any, dim: int, index: Any, src: Any, reduce: str, *, include_self: bool = True
+) -> MPCTensor:
+    """``scatter_reduce`` with ``sum`` (share-wise, exact) or ``mean`` (a division by the
+    public per-position count: one truncation) at public indices."""
+    party = find_party(base, src)
+    idx = _public_index(index, party, "scatter_reduce")
+    frac, dtype = _common_frac([base, src], party)
+    b, s = ring_of(base, party, frac), ring_of(src, party, frac)
+    shape = list(base.shape)
+    hit = torch.zeros(shape, dtype=torch.int64).scatter_add(dim, idx, torch.ones_like(idx))
+    if not include_self:
+        b = torch.where(hit > 0, torch.zeros((), dtype=torch.int64), b)
+    total = wrap(b.scatter_add(dim, idx, s), party, dtype=dtype)
+    if reduce == "sum":
+        return total
+    count = hit + (1 if include_self else 0)
+    count = torch.where(count == 0, torch.ones((), dtype=torch.int64), count)
+    return div_values(total, count, party)

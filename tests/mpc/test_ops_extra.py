@@ -447,3 +447,21 @@ def test_division_with_rounding_by_public_divisors(run_parties, world_size):
     got = run_parties(body, world_size)[0]
     for name, f in fns.items():
         assert torch.equal(got[name], f(x)), name
+
+
+_IDX = torch.tensor([[0, 1, 1, 3, 0], [2, 2, 4, 4, 4]])
+GATHERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "unfold": lambda t: F.unfold(t, 3, padding=1, stride=2),
+    "fold": lambda t: F.fold(F.unfold(t, 2, stride=1), (5, 5), 2, stride=1),
+    "fold_pad": lambda t: F.fold(t.reshape(2, 3, 25).repeat(1, 4, 1), (4, 4), 2, padding=1),
+    "scatter_reduce_sum": lambda t: t[0, 0, :2].scatter_reduce(1, _IDX, t[0, 1, :2], "sum"),
+    "scatter_reduce_mean": lambda t: t[0, 0, :2].scatter_reduce(
+        1, _IDX, t[0, 1, :2], "mean", include_self=False
+    ),
+}
+
+
+def test_unfold_fold_scatter_reduce(run_parties, world_size):
+    x = rand(2, 3, 5, 5)
+    got = run_cases(run_parties, world_size, x, GATHERS)
+    check_cases(got, x, GATHERS, lambda name: (16 * ULP, 1e-5))
