@@ -9,10 +9,11 @@ each is zero (torch's formulas); ``frac(x) = x - trunc(x)`` has gradient 1.
 Division with rounding by a **public** divisor ``y`` — ``x // y``, ``div(rounding_mode=
 "floor" / "trunc")``, ``x % y`` (``remainder``, the sign of ``y``) and ``fmod`` (the sign of
 ``x``) — takes ``q0 = floor(x / y)`` of the truncated quotient and corrects it with the
-remainder ``r = x - y q0``, which must lie in ``[0, |y|)``: one comparison against both ends.
+remainder ``r = x - y q0``, which must lie in ``[0, |y|)``: a comparison against each end.
 Exact for integer divisors (and whenever ``|y| q0`` is exact); for other divisors the remainder
-carries one truncation (2**-16). Cost: 8 + 4 rounds (+ 5 for trunc/fmod). An encrypted divisor
-raises :class:`~crypten_lite.errors.UnsupportedOperationError`.
+carries one truncation (2**-16). Cost (2 parties): 16 rounds (the floor, 8, and two
+comparisons), 25 for trunc/fmod (two more comparisons and a product); 3 parties add the
+truncation round of ``x / y``. An encrypted divisor raises :class:`~crypten_lite.errors.UnsupportedOperationError`.
 """
 
 from __future__ import annotations
@@ -138,8 +139,7 @@ def div_rounded(x: Any, y: Any, mode: str | None) -> MPCTensor:
 
 @implements(aten.div.Tensor_mode, aten.div.Scalar_mode)
 def div_mode(x: Any, y: Any, *, rounding_mode: str | None = None) -> MPCTensor:
-    """Floor / trunc division by a public divisor: exact for integer divisors (8 rounds for the
-    floor, 4 for the correcting comparison, +5 for trunc)."""
+    """Floor / trunc division by a public divisor: exact for integer divisors (16 / 25 rounds)."""
     return div_rounded(x, y, rounding_mode)
 
 
