@@ -185,11 +185,6 @@ _EXCLUDED_FAMILIES = {
     "bitwise_or": "bitwise on integers",
     "bitwise_xor": "bitwise on integers",
     "bitwise_not": "bitwise on integers",
-    # shape queries for symbolic shapes: torch answers them from the wrapper, never dispatched
-    "sym_numel": "symbolic shape query",
-    "sym_size": "symbolic shape query",
-    "sym_storage_offset": "symbolic shape query",
-    "sym_stride": "symbolic shape query",
     # the output *shape* is the secret (which entries are non-zero): no oblivious form
     "nonzero": "data-dependent output shape",
 }
@@ -200,6 +195,8 @@ def _exclusion(op: Any) -> str | None:
     family = op.overloadpacket.__name__
     if family in _EXCLUDED_FAMILIES:
         return _EXCLUDED_FAMILIES[family]
+    if family.startswith("sym_"):  # sym_size, sym_stride, ...: torch answers from the wrapper
+        return "symbolic shape query"
     if op._overloadname == "out" or op._schema.is_mutable:
         return "out= / mutating variant (its functional form counts)"
     if not any("Tensor" in str(arg.type) for arg in op._schema.arguments):
@@ -209,8 +206,14 @@ def _exclusion(op: Any) -> str | None:
 
 def core_aten_ops() -> list[Any]:
     """Every overload of ``torch.ops.aten`` tagged ``torch.Tag.core``, sorted by name."""
+    # ``dir(torch.ops.aten)`` lists only the packets touched so far; the schema registry has all.
+    names = {
+        schema.name.split("::", 1)[1]
+        for schema in torch._C._jit_get_all_schemas()
+        if schema.name.startswith("aten::")
+    }
     ops = []
-    for name in dir(torch.ops.aten):
+    for name in sorted(names):
         packet = getattr(torch.ops.aten, name, None)
         if not isinstance(packet, torch._ops.OpOverloadPacket):
             continue

@@ -15,6 +15,7 @@ Importing this package registers every implementation with
 * ``attention`` — scaled dot-product attention kept whole, with its backward;
 * ``losses`` — loss functions and their backward;
 * ``foreach`` — the ``_foreach_*`` ops of ``torch.optim``'s multi-tensor path;
+* ``pooling1d`` — 1-d average pooling (aten level) through the 2-d ops;
 * ``norms`` — vector norms (``norm``, ``linalg.vector_norm``), ``cdist``/``pdist``;
 * ``predicates`` — ``isnan``/``isinf``/``isfinite`` (public), ``any``/``all`` (secret);
 * ``products`` — ``prod`` and ``cumprod``;
@@ -36,6 +37,7 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
     normalization,
     norms,
     pooling,
+    pooling1d,
     predicates,
     products,
     reductions,
@@ -61,6 +63,7 @@ __all__ = [
     "normalization",
     "norms",
     "pooling",
+    "pooling1d",
     "predicates",
     "products",
     "reductions",

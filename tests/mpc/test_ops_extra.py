@@ -451,6 +451,10 @@ def test_division_with_rounding_by_public_divisors(run_parties, world_size):
 
 _IDX = torch.tensor([[0, 1, 1, 3, 0], [2, 2, 4, 4, 4]])
 GATHERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "avg_pool1d": lambda t: torch.ops.aten.avg_pool1d.default(t.reshape(2, 3, 25), [3], [2], [1]),
+    "adaptive_avg_pool1d": lambda t: torch.ops.aten.adaptive_avg_pool1d.default(
+        t.reshape(2, 3, 25), [4]
+    ),
     "unfold": lambda t: F.unfold(t, 3, padding=1, stride=2),
     "fold": lambda t: F.fold(F.unfold(t, 2, stride=1), (5, 5), 2, stride=1),
     "fold_pad": lambda t: F.fold(t.reshape(2, 3, 25).repeat(1, 4, 1), (4, 4), 2, padding=1),
@@ -464,4 +468,4 @@ GATHERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def test_unfold_fold_scatter_reduce(run_parties, world_size):
     x = rand(2, 3, 5, 5)
     got = run_cases(run_parties, world_size, x, GATHERS)
-    check_cases(got, x, GATHERS, lambda name: (16 * ULP, 1e-5))
+    check_cases(got, x, GATHERS, lambda name: (16 * ULP, 1e-4))
