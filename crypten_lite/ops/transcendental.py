@@ -10,6 +10,12 @@ Each is a short composition, so its domain and error follow from the pieces
   leaves the fixed-point range).
 * ``tan(x) = sin(x) / cos(x)``: ``sin`` and ``cos`` (8 rounds each) and a secret reciprocal (15
   rounds); intended for ``|x| < 1.4`` (``cos x > 0.17``), its error growing like ``1 / cos**2``.
+* ``asinh(x) = sign(x) log(|x| + sqrt(x**2 + 1))`` (odd symmetry keeps the log's argument
+  ``>= 1``): one ``abs``, one square, ``sqrt``, ``log`` (about 27 rounds); ``|x| < 2**9``.
+* ``acosh(x) = log(x + sqrt(x**2 - 1))`` for ``x >= 1`` (``x < 2**9``); below 1: garbage,
+  as torch's NaN has no fixed-point form.
+* ``atanh(x) = (log(1 + x) - log(1 - x)) / 2`` for ``|x| < 1``, both logs in one call (8
+  rounds); the error grows like ``1 / (1 - |x|)`` near the ends.
 * ``pow(base, x)`` with a public scalar ``base > 0``: ``exp(x ln base)`` (``exp``'s cost).
 * ``pow(x, y)`` with a secret exponent: ``exp(y log x)`` for ``x > 0`` (log then exp, 16
   rounds plus one product); ``x <= 0`` is outside the domain (wrong values, as for ``log``).
@@ -27,6 +33,8 @@ import torch
 from crypten_lite.ops._common import public_of, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, mul_values
 from crypten_lite.ops.approx import approx, reciprocal_value
+from crypten_lite.protocols.comparison import abs_and_sign
+from crypten_lite.protocols.sharing import share_public
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten
@@ -71,6 +79,41 @@ def cosh(x: MPCTensor) -> MPCTensor:
 @implements(aten.tan.default)
 def tan(x: MPCTensor) -> MPCTensor:
     return mul_values(approx("sin", x), reciprocal_value(approx("cos", x)), x.party)
+
+
+def _square(x: MPCTensor) -> MPCTensor:
+    return mul_values(x, x, x.party)
+
+
+@implements(aten.asinh.default)
+def asinh(x: MPCTensor) -> MPCTensor:
+    party = x.party
+    share = x._share if x.dtype == torch.float32 else x._share << party.frac_bits
+    magnitude, negative = abs_and_sign(share.contiguous(), party)
+    a = wrap(magnitude, party)
+    root = approx("sqrt", add_values(_square(a), 1.0, party))
+    value = approx("log", add_values(a, root, party))
+    # sign(x) = 1 - 2 [x < 0] (scale 0): one product without truncation
+    sign = wrap(share_public(torch.ones_like(negative), party) - 2 * negative, party,
+                dtype=torch.int64)  # fmt: skip
+    return mul_values(value, sign, party)
+
+
+@implements(aten.acosh.default)
+def acosh(x: MPCTensor) -> MPCTensor:
+    party = x.party
+    root = approx("sqrt", add_values(_square(x), -1.0, party))
+    return approx("log", add_values(x, root, party))
+
+
+@implements(aten.atanh.default)
+def atanh(x: MPCTensor) -> MPCTensor:
+    party = x.party
+    share = x._share if x.dtype == torch.float32 else x._share << party.frac_bits
+    one = share_public(torch.full_like(share, 1 << party.frac_bits), party)
+    logs = approx("log", wrap(torch.stack([one + share, one - share]).contiguous(), party))
+    diff = wrap(logs._share[0] - logs._share[1], party)
+    return mul_values(diff, 0.5, party)
 
 
 @implements(aten.pow.Scalar)
