@@ -16,6 +16,12 @@ Each is a short composition, so its domain and error follow from the pieces
   as torch's NaN has no fixed-point form.
 * ``atanh(x) = (log(1 + x) - log(1 - x)) / 2`` for ``|x| < 1``, both logs in one call (8
   rounds); the error grows like ``1 / (1 - |x|)`` near the ends.
+* ``atan(x) = sign(x) (pi/4 + P((|x| - 1) / (|x| + 1)))``: the argument maps ``[0, inf)`` onto
+  ``[-1, 1)``, where ``P`` is a degree-15 fit of ``atan`` (error ``4e-8``: atan's Chebyshev
+  coefficients decay like ``(sqrt 2 - 1)**k``); one ``abs``, one reciprocal (``|x| + 1 >= 1``),
+  and the polynomial (25 rounds for 2 parties); error ``~1e-4`` absolute (the reciprocal's).
+* ``asin(x) = atan(x / sqrt(1 - x**2))`` (``inv_sqrt``) and ``acos = pi/2 - asin``, for
+  ``|x| < 1``; the error grows near ``|x| = 1``.
 * ``pow(base, x)`` with a public scalar ``base > 0``: ``exp(x ln base)`` (``exp``'s cost).
 * ``pow(x, y)`` with a secret exponent: ``exp(y log x)`` for ``x > 0`` (log then exp, 16
   rounds plus one product); ``x <= 0`` is outside the domain (wrong values, as for ``log``).
@@ -34,6 +40,7 @@ from crypten_lite.ops._common import public_of, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, mul_values
 from crypten_lite.ops.approx import approx, reciprocal_value
 from crypten_lite.protocols.comparison import abs_and_sign
+from crypten_lite.protocols.polynomial import evaluate, fit
 from crypten_lite.protocols.sharing import share_public
 from crypten_lite.tensor import MPCTensor, implements
 
@@ -114,6 +121,52 @@ def atanh(x: MPCTensor) -> MPCTensor:
     logs = approx("log", wrap(torch.stack([one + share, one - share]).contiguous(), party))
     diff = wrap(logs._share[0] - logs._share[1], party)
     return mul_values(diff, 0.5, party)
+
+
+def _atan_poly(v: torch.Tensor, party: Any) -> torch.Tensor:
+    """``[atan(v)]`` for ``v`` in ``[-1, 1]`` at scale ``f``: a degree-15 fit (4 rounds)."""
+    f = party.frac_bits
+    (y,) = evaluate(v, [fit(torch.atan, -1.0, 1.0, 15)], party, f, f)
+    return y
+
+
+def atan_value(x: MPCTensor) -> MPCTensor:
+    """``atan(x)`` for any ``x`` (see the module docstring)."""
+    party = x.party
+    share = x._share if x.dtype == torch.float32 else x._share << party.frac_bits
+    magnitude, negative = abs_and_sign(share.contiguous(), party)
+    a = wrap(magnitude, party)
+    # (a - 1) / (a + 1) written as 1 - 2 / (a + 1): the reciprocal's absolute error is then
+    # doubled, not multiplied by a (up to 2**9 and more)
+    v = add_values(
+        1.0, mul_values(reciprocal_value(add_values(a, 1.0, party)), 2, party), party, -1
+    )
+    inner = wrap(_atan_poly(v._share, party), party)
+    value = add_values(inner, math.pi / 4, party)
+    sign = wrap(share_public(torch.ones_like(negative), party) - 2 * negative, party,
+                dtype=torch.int64)  # fmt: skip
+    return mul_values(value, sign, party)
+
+
+@implements(aten.atan.default)
+def atan(x: MPCTensor) -> MPCTensor:
+    return atan_value(x)
+
+
+def _asin(x: MPCTensor) -> MPCTensor:
+    party = x.party
+    ratio = mul_values(x, approx("inv_sqrt", add_values(1.0, _square(x), party, -1)), party)
+    return atan_value(ratio)
+
+
+@implements(aten.asin.default)
+def asin(x: MPCTensor) -> MPCTensor:
+    return _asin(x)
+
+
+@implements(aten.acos.default)
+def acos(x: MPCTensor) -> MPCTensor:
+    return add_values(math.pi / 2, _asin(x), x.party, -1)
 
 
 @implements(aten.pow.Scalar)

@@ -471,12 +471,16 @@ def test_unfold_fold_scatter_reduce(run_parties, world_size):
     check_cases(got, x, GATHERS, lambda name: (16 * ULP, 1e-4))
 
 
-def test_inverse_hyperbolic(run_parties, world_size):
+def test_inverse_trigonometric_and_hyperbolic(run_parties, world_size):
     inputs = {
         "asinh": (torch.cat([torch.linspace(-50, 50, 41), torch.tensor([-0.01, 0.0, 300.0])]),
                   torch.asinh),
         "acosh": (torch.linspace(1.1, 60, 30), torch.acosh),
         "atanh": (torch.linspace(-0.95, 0.95, 39), torch.atanh),
+        "atan": (torch.cat([torch.linspace(-500, 500, 41), torch.linspace(-2, 2, 21)]),
+                 torch.atan),
+        "asin": (torch.linspace(-0.98, 0.98, 41), torch.asin),
+        "acos": (torch.linspace(-0.98, 0.98, 41), torch.acos),
     }  # fmt: skip
 
     def body(party: Any) -> Any:
