@@ -5,6 +5,9 @@ Each is a short composition, so its domain and error follow from the pieces
 
 * ``log2(x) = log(x) / ln 2``, ``log10(x) = log(x) / ln 10``: ``log``'s domain (``x > 0``) and
   error scaled by ``1.44`` / ``0.43``, plus one truncation; ``log``'s rounds (8 for 2 parties).
+* ``log1p(x) = log(1 + x)`` (``x > -1``) and ``expm1(x) = exp(x) - 1``: ``log``'s / ``exp``'s
+  cost; their absolute error near 0 is that of ``log`` / ``exp`` (no extra precision for tiny
+  ``x``, unlike torch's, beyond the fixed point's 2**-16).
 * ``sinh``, ``cosh``: ``(exp(x) -+ exp(-x)) / 2``, both exponentials in one ``exp`` call (8
   rounds); ``exp``'s relative error; ``|x|`` up to ``exp``'s range (about 21, where ``e**x``
   leaves the fixed-point range).
@@ -61,6 +64,16 @@ def log2(x: MPCTensor) -> MPCTensor:
 @implements(aten.log10.default)
 def log10(x: MPCTensor) -> MPCTensor:
     return _log_base(x, 10.0)
+
+
+@implements(aten.log1p.default)
+def log1p(x: MPCTensor) -> MPCTensor:
+    return approx("log", add_values(x, 1.0, x.party))
+
+
+@implements(aten.expm1.default)
+def expm1(x: MPCTensor) -> MPCTensor:
+    return add_values(approx("exp", x), -1.0, x.party)
 
 
 def _exp_pair(x: MPCTensor) -> tuple[MPCTensor, MPCTensor]:

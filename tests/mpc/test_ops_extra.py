@@ -377,6 +377,8 @@ EXTRAS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "pdist": lambda t: F.pdist(t),
     "log2": lambda t: t.log2(),
     "log10": lambda t: t.log10(),
+    "log1p": lambda t: (t - 1).log1p(),
+    "expm1": lambda t: (t - 2).expm1(),
     "sinh": lambda t: t.sinh(),
     "cosh": lambda t: t.cosh(),
     "tan": lambda t: (t / 3).tan(),
