@@ -156,6 +156,23 @@ def test_inplace_twins_values_and_views(run_parties, world_size):
     torch.testing.assert_close(got["grads"][1], mp.grad, atol=1e-3, rtol=1e-4)
 
 
+INPLACE_BACKWARD: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "abs_": lambda t: (t * 1).abs_(),
+    "clamp_": lambda t: (t * 1).clamp_(-1, 1),
+    "t_": lambda t: (t * 1).t_() * torch.arange(3.0),
+    "squeeze_": lambda t: (t[:1] * 1).squeeze_(0),
+    "index_add_": lambda t: (t * 1).index_add_(1, torch.tensor([0, 2]), t[:, 1:3] * 3),
+    "scatter_": lambda t: (t * 1).scatter_(1, torch.tensor([[1], [0], [3]]), t[:, :1] * 2),
+    "sin_": lambda t: (t * 1).sin_(),
+}
+
+
+def test_inplace_twins_backward(run_parties, world_size):
+    x = rand(3, 4, scale=1.0)
+    got = run_cases(run_parties, world_size, x, INPLACE_BACKWARD)
+    check_cases(got, x, INPLACE_BACKWARD, lambda name: (5e-4 if name == "sin_" else 8 * ULP, 0))
+
+
 # --------------------------------------------------------------------------- norms
 
 NORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
