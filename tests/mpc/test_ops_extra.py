@@ -521,3 +521,18 @@ def test_inverse_trigonometric_and_hyperbolic(run_parties, world_size):
         torch.testing.assert_close(value, y.detach(), atol=5e-4, rtol=1e-4, msg=name)
         # backward: torch's formulas through rsqrt / reciprocal (relative ~1e-4)
         torch.testing.assert_close(grad, w.grad, atol=1e-3, rtol=2e-3, msg=f"{name} grad")
+
+
+def test_atan2_all_quadrants(run_parties, world_size):
+    grid = torch.linspace(-100, 100, 11)
+    y, x = (t.reshape(-1) for t in torch.meshgrid(grid, grid, indexing="ij"))
+    y = torch.cat([y, torch.tensor([0.0, 0.0, 0.0, 1e-3, -1e-3, 3.0, 0.5])])
+    x = torch.cat([x, torch.tensor([-5.0, 5.0, 0.0, -2.0, -2.0, 0.0, -0.25])])
+
+    def body(party: Any) -> Any:
+        with cl.use_party(party):
+            return torch.atan2(cl.cryptensor(y), cl.cryptensor(x)).get_plain_text()
+
+    got = run_parties(body, world_size)[0]
+    # documented error: about 2.5e-5 (1 + |y|) (the reciprocal's absolute error times |y|)
+    assert bool(((got - torch.atan2(y, x)).abs() <= 3e-5 * (1 + y.abs()) + 1e-4).all())
