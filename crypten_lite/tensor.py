@@ -564,6 +564,10 @@ def _fake_dispatch(
         if isinstance(out, torch.Tensor) and mutated:
             for a in mutated:
                 if a._fake is out:
+                    if a.shape != out.shape or a.stride() != out.stride():
+                        # an in-place view op (t_, squeeze_, ...) changed the stand-in's geometry
+                        with torch.utils._mode_utils.no_dispatch():
+                            a.as_strided_(out.shape, out.stride(), a.storage_offset())
                     return a
             return mutated[0]
 

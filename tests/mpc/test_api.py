@@ -193,21 +193,21 @@ class ManyGaps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        h = torch.floor(h) + torch.erfinv(h.clamp(-0.5, 0.5))
+        h = torch.digamma(h) + torch.erfinv(h.clamp(-0.5, 0.5))
         if h.sum() > 0:  # data-dependent branch: reads a secret
             h = h * 2
-        return torch.fft.fft(h).real.sum(-1) + torch.cumprod(h, 1)[:, 0]
+        return torch.fft.fft(h).real.sum(-1) + torch.lgamma(h)[:, 0]
 
 
 def test_check_model_lists_every_gap_at_once():
     report = cl.check_model(ManyGaps(), torch.randn(2, 4))
     assert not report.ok
     ops = report.ops
-    for needed in ("aten.floor.default", "aten.erfinv.default", "bool()", "aten.cumprod.default"):
+    for needed in ("aten.digamma.default", "aten.erfinv.default", "bool()", "aten.lgamma.default"):
         assert needed in ops, (needed, ops)
     assert any("fft" in op for op in ops)
     text = str(report)
-    assert "torch.erfinv" in text and "torch.floor" in text
+    assert "torch.erfinv" in text and "torch.digamma" in text
 
 
 class SecretLabels(nn.Module):

@@ -179,10 +179,9 @@ def test_operators_raise_the_library_error_not_a_bare_type_error(run_parties, wo
             "x / 0.0": lambda: xe / 0.0,
             "x / zeros": lambda: xe / torch.zeros(2),
             "x /= 0": lambda: xe.__itruediv__(0),
-            "x // 3": lambda: xe // 3,
             "2 // x": lambda: 2 // xe,
-            "x % 0.5": lambda: xe % 0.5,
-            "trunc": lambda: torch.div(xe, 2, rounding_mode="trunc"),
+            "x // x": lambda: xe // xe,
+            "2 % x": lambda: 2 % xe,
         }.items():
             try:
                 call()
@@ -197,18 +196,15 @@ def test_operators_raise_the_library_error_not_a_bare_type_error(run_parties, wo
             "x / 0.0",
             "x / zeros",
             "x /= 0",
-            "x // 3",
             "2 // x",
-            "x % 0.5",
-            "trunc",
+            "x // x",
+            "2 % x",
         }
         for text in messages.values():
             assert text.startswith(f"party {rank}: ") and "unsupported operand" not in text
         assert "by a public zero" in messages["x / 0.0"]
-        assert "floor division of an encrypted tensor by 3" in messages["x // 3"]
-        assert "by an encrypted divisor" in messages["2 // x"]
-        assert "remainder of an encrypted tensor by 0.5" in messages["x % 0.5"]
-        assert "rounding_mode='trunc'" in messages["trunc"]
+        assert "by an encrypted" in messages["2 // x"]
+        assert "encrypted" in messages["x // x"] and "encrypted" in messages["2 % x"]
         for got, want in zip(fine, [x + 1, 1 - x, x * 2, x / 4, 2 * x], strict=True):
             torch.testing.assert_close(got, want, atol=ULP, rtol=0)
 
