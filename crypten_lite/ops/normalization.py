@@ -19,8 +19,16 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import find_party, is_secret, public_of, unsupported, wrap_public
-from crypten_lite.ops.approx import rsqrt_value
+from crypten_lite.ops._common import (
+    find_party,
+    is_secret,
+    public_of,
+    unsupported,
+    wrap,
+    wrap_public,
+)
+from crypten_lite.ops.approx import _share_f, rsqrt_value
+from crypten_lite.protocols import moments
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten
@@ -37,13 +45,31 @@ def _rsqrt(v: Any) -> Any:
     return rsqrt_value(v)
 
 
-def _normalise(x: Any, dims: list[int], eps: float) -> tuple[Any, Any, Any, Any]:
-    """``(x_hat, mean, rstd, var)``, biased variance over ``dims`` (kept as size-1 dims)."""
-    mean = x.mean(dims, keepdim=True)
-    xc = x - mean
-    var = (xc * xc).mean(dims, keepdim=True)
-    rstd = _rsqrt(var + eps)
-    return xc * rstd, mean, rstd, var
+def _normalise(
+    x: Any, dims: list[int], eps: float, *, need_var: bool = True
+) -> tuple[Any, Any, Any, Any]:
+    """``(x_hat, mean, rstd, var)``, biased variance over ``dims`` (kept as size-1 dims).
+
+    A secret ``x`` goes through :func:`crypten_lite.protocols.moments.standardize`: exact
+    centring, the variance at the scale its bucket needs and ``eps`` added at that scale, so
+    any ``eps`` (``1e-12``, ``1e-5``: below one ulp ``2**-16``) means what it means in torch, and
+    ``x_hat`` keeps a relative error near ``1e-5`` for variances over the domain of
+    ``standardize_domain(n)`` (standard deviations about ``5e-4 .. 5e4`` for ``n = 768``).
+    ``var`` is ``None`` without ``need_var`` (LayerNorm does not use it).
+    """
+    pub = public_of(x)
+    if pub is not None:
+        party = find_party(x)
+        xd = pub.to(torch.float64)
+        mean = xd.mean(dims, keepdim=True)
+        var = ((xd - mean) ** 2).mean(dims, keepdim=True)
+        rstd = torch.rsqrt(var + eps)
+        outs = [(xd - mean) * rstd, mean, rstd, var]
+        return tuple(wrap_public(t.float(), party) for t in outs)  # type: ignore[return-value]
+    party = x.party
+    res = moments.standardize(_share_f(x), party, dims, eps, need_var=need_var)
+    var_out = wrap(res.var, party) if res.var is not None else None
+    return wrap(res.x_hat, party), wrap(res.mean, party), wrap(res.rstd, party), var_out
 
 
 def _affine(xhat: Any, weight: Any, bias: Any, shape: Sequence[int]) -> Any:
@@ -79,7 +105,7 @@ def native_layer_norm(
     """Returns ``(out, mean, rstd)``, statistics shaped ``x.shape[:axis] + (1,) * k``."""
     axis = x.dim() - len(normalized_shape)
     dims = list(range(axis, x.dim()))
-    xhat, mean, rstd, _ = _normalise(x, dims, eps)
+    xhat, mean, rstd, _ = _normalise(x, dims, eps, need_var=False)
     _keep_xhat(rstd, xhat)
     out = _affine(xhat, weight, bias, list(normalized_shape))
     return out, mean, rstd
