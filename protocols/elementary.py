@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-_HI = 36  # normalisation covers ring values below 2**36: reals below 2**(36 - f)
+_HI = 60  # normalisation covers ring values below 2**60: reals below 2**(60 - f) = 2**44
 _EXP_SQUARINGS = 6
 
 

@@ -396,8 +396,13 @@ def normalize(
         top: start of the ``above`` bucket (mantissa 1); ``None``: the last bucket is open (a
             domain promise: its mantissa grows past the ratio for larger inputs).
 
-    Cost: 4 rounds; each party sends ``8 + 5 T + T / 8`` bytes per element to each peer for
-    ``T = len(bounds) + (top is not None)`` thresholds. Products stay below ``2**42``.
+    Bounds beyond ``2**36`` (mantissas at ``2**40`` and more before the last step) take the
+    dealer's exact truncation instead of the local one, whose failure probability would be
+    ``2**(bits - 64)``; so the whole ring up to ``2**62`` is covered.
+
+    Cost: 4 rounds (5 with 2 parties and bounds beyond ``2**36``: the exact truncation);
+    each party sends ``8 + 5 T + T / 8`` bytes per element to each peer (``+8`` for the exact
+    truncation) for ``T = len(bounds) + (top is not None)`` thresholds.
     """
     f = party.frac_bits
     k = len(bounds)
@@ -418,10 +423,15 @@ def normalize(
         onehot = torch.cat([onehot, last.unsqueeze(0)])
         x_on = torch.cat([x_on, (x_flat - x_on.sum(0)).unsqueeze(0)])
     per_bucket = x_on[1 : k + 1]
+    exact = False
     if all(bd & (bd - 1) == 0 for bd in bounds):
         scale = max(bd.bit_length() - 1 for bd in bounds)
         shifts = torch.tensor([scale - (bd.bit_length() - 1) for bd in bounds]).unsqueeze(1)
         big = (per_bucket << shifts).sum(0)  # m * 2**scale, below 2**(scale + step)
+        # beyond 2**40 a local truncation would fail too often: the dealer's is exact
+        exact = scale + 4 > 40
+        if exact and scale + 4 > _SHIFT:
+            raise ValueError(f"party {party.rank}: normalize bounds must stay below 2**58")
     else:
         scale = 38
         weights = torch.tensor([round(2.0**scale / bd) for bd in bounds]).unsqueeze(1)
@@ -429,7 +439,11 @@ def normalize(
     rows_sum = onehot[: k + 1].sum(0)
     above = _one_minus(rows_sum, party) if top is not None else torch.zeros_like(rows_sum)
     special = onehot[0] + above
-    m = rescale(big, party, scale, f) + (special << f)
+    if exact:
+        (m,) = truncate_dealer_many([big], [scale - f], party, tag="normalize.trunc")
+    else:
+        m = rescale(big, party, scale, f)
+    m = m + (special << f)
     full = torch.cat([onehot[: k + 1], above.unsqueeze(0)])
     shape = x.shape
     return Normalized(
