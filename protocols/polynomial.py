@@ -428,10 +428,13 @@ def normalize(
         scale = max(bd.bit_length() - 1 for bd in bounds)
         shifts = torch.tensor([scale - (bd.bit_length() - 1) for bd in bounds]).unsqueeze(1)
         big = (per_bucket << shifts).sum(0)  # m * 2**scale, below 2**(scale + step)
+        # the largest bucket ratio bounds the mantissa: m * 2**scale < 2**(scale + ratio)
+        ends = [*bounds[1:], top if top is not None else 2 * bounds[-1]]
+        ratio = max((e // b).bit_length() - 1 for b, e in zip(bounds, ends, strict=True))
         # beyond 2**40 a local truncation would fail too often: the dealer's is exact
-        exact = scale + 4 > 40
-        if exact and scale + 4 > _SHIFT:
-            raise ValueError(f"party {party.rank}: normalize bounds must stay below 2**58")
+        exact = scale + ratio > 40
+        if scale + ratio > _SHIFT:
+            raise ValueError(f"party {party.rank}: normalize mantissas must stay below 2**62")
     else:
         scale = 38
         weights = torch.tensor([round(2.0**scale / bd) for bd in bounds]).unsqueeze(1)
