@@ -38,6 +38,7 @@ from crypten_lite.protocols.polynomial import (
     scale_by_buckets,
     square_many,
     truncate_dealer_many,
+    truncate_many,
 )
 from crypten_lite.protocols.reduction import max_dim
 
@@ -255,17 +256,53 @@ def reciprocal(
 
 
 def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
-    """``[x / y]`` for sharings ``x`` and ``y``: ``x * reciprocal(y)``, one more product.
+    """``[x / y]`` for sharings ``x`` and ``y``, with the relative precision of ``1 / m``
+    (not of ``1 / y`` at scale ``f``, which is 0 for ``|y| >= 2**16``).
 
-    Domain: ``y`` as :func:`reciprocal`. Error: ``|x / y|`` times the reciprocal's relative
-    error, plus ``|x| * 2**-f`` from the reciprocal's rounding and one ulp.
+    1. ``|y|``, ``s = [y < 0]`` (4 rounds); normalise ``|y| = m 2**e`` over the whole range
+       (thresholds ``16**i`` up to ``2**60`` in the ring, 5 rounds).
+    2. ``r = +-1/m`` as in :func:`reciprocal` (degree-12 fit and one Newton step carrying the
+       sign, 6 rounds).
+    3. ``x 2**-e`` (one round, in parallel buckets): the exponents are grouped by 12, group
+       ``g`` multiplies ``x >> 12 g`` (a truncated copy made up front) by its buckets' public
+       ``2**(12 g + 12 - e)``, so every product is ``x 2**-e`` times ``2**(12 + f)`` and exact
+       shifts lose at most one ulp of ``x 2**-e``.
+    4. ``x / y = (x 2**-e) * r`` (1 round).
 
-    Cost: reciprocal + 1 round (16), 16 more bytes per element to each peer.
+    Domain and error: ``|y|`` in ``[2**-16, 2**44)``: relative error ``2e-5`` of ``x / y``
+    plus ulps (``|x 2**-e|`` is at most ``16 |x / y|``). ``|y| >= 2**44`` is read as ``2**44``;
+    ``y = 0`` gives ``x * 2**16`` (the reciprocal's saturation), garbage if that leaves the
+    ring. With 2 parties the products are ``|x / y| * 2**36`` in the ring (local truncation
+    fails with probability ``|x / y| * 2**-28``).
 
+    Cost (2 parties): 17 rounds (the old ``x * reciprocal(y)``: 16, wrong above ``2**16``).
     Security: semi-honest, as :func:`reciprocal` and Beaver products.
     Reference: as :func:`reciprocal`.
     """
-    (out,) = mul_many([(x, reciprocal(y, party))], party, tag="div")
+    f = party.frac_bits
+    scale = internal_scale(party)
+    groups = [0, 12, 24, 36]  # x >> g for the exponents e in [g, g + 12) (and e < 12 with 0)
+    x_shifted = truncate_many([x] * (len(groups) - 1), groups[1:], party)
+    a, sign = abs_and_sign(y, party)
+    bounds, top = _buckets(party, None, None, 4)
+    norm = normalize(a, party, bounds=bounds, top=top)
+    coeffs = fit(_recip, 1.0, 16.0, 12, True)
+    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (r,) = evaluate(t, [coeffs], party, scale, scale)
+    r = _newton_reciprocal(norm.mantissa, r, party, scale, 1, _sigma(sign, party))
+    # bucket exponents: nonpos (y = 0) as e = -f (1/ulp), buckets, and above as the top
+    exps = [-f, *[round(math.log2(b)) for b in norm.bases], (top or 1).bit_length() - 1 - f]
+    view = (-1,) + (1,) * (norm.onehot.dim() - 1)
+    pairs = []
+    for i, g in enumerate(groups):
+        lo = g if i else -(1 << 20)
+        hi = groups[i + 1] if i + 1 < len(groups) else 1 << 20
+        w = [1 << (g + 12 - e) if lo <= e < hi else 0 for e in exps]
+        if any(w):
+            sel = (norm.onehot * torch.tensor(w, dtype=torch.int64).view(view)).sum(0)
+            pairs.append(([x, *x_shifted][i], sel))
+    parts = mul_many(pairs, party, 12, tag="div.scale")  # x 2**-e at scale f
+    (out,) = mul_many([(sum(parts[1:], parts[0]), r)], party, scale, tag="div")
     return out
 
 
