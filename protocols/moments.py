@@ -168,7 +168,13 @@ def _factor_pairs(
 
 
 def standardize(
-    x: Tensor, party: Party, dims: Sequence[int], eps: float, *, need_var: bool = True
+    x: Tensor,
+    party: Party,
+    dims: Sequence[int],
+    eps: float,
+    *,
+    need_var: bool = True,
+    center: bool = True,
 ) -> Standardized:
     """``x_hat = (x - mean) / sqrt(var + eps)`` over ``dims`` (biased variance), with ``mean``,
     ``rstd`` and optionally ``var``; see the module docstring for the method.
@@ -188,6 +194,8 @@ def standardize(
         eps: public, any size: it is added exactly at the fine stage's scale, so ``1e-12`` or
             ``1e-5`` behave as in torch (not rounded to a multiple of ``2**-f``).
         need_var: also return the variance (one more pair in the last round).
+        center: ``False`` for RMS normalisation: ``x / sqrt(mean(x**2) + eps)`` (``D = n x``,
+            ``var`` is then the mean square; ``mean`` is still returned).
 
     Domain and error (2 and 3 parties, measured in ``tests/mpc/test_numerics_norm.py``):
     ``var + eps`` in ``standardize_domain(n)``, for ``n = 768``, ``f = 16`` about
@@ -215,7 +223,7 @@ def standardize(
         raise ValueError(f"party {party.rank}: standardize over an empty set of elements")
     plan = _plan(n, f)
     s = x.sum(dims, keepdim=True)
-    d = x * n - s
+    d = x * n - s if center else x * n
     # stage 1: coarse S_c ~ n**3 (var + eps) 4**(f - t_c); s / 2**ceil(log2 n) for the mean
     lg_up = max(0, math.ceil(math.log2(n)))
     y_c, s_low = truncate_many([d, s], [plan.t_c, lg_up], party)

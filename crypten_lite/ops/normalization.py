@@ -14,10 +14,12 @@ stashed on the saved ``rstd`` so it is not recomputed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from crypten_lite.ops._common import (
     find_party,
@@ -29,7 +31,7 @@ from crypten_lite.ops._common import (
 )
 from crypten_lite.ops.approx import _share_f, rsqrt_value
 from crypten_lite.protocols import moments
-from crypten_lite.tensor import MPCTensor, implements
+from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
 
@@ -46,7 +48,7 @@ def _rsqrt(v: Any) -> Any:
 
 
 def _normalise(
-    x: Any, dims: list[int], eps: float, *, need_var: bool = True
+    x: Any, dims: list[int], eps: float, *, need_var: bool = True, center: bool = True
 ) -> tuple[Any, Any, Any, Any]:
     """``(x_hat, mean, rstd, var)``, biased variance over ``dims`` (kept as size-1 dims).
 
@@ -55,19 +57,21 @@ def _normalise(
     any ``eps`` (``1e-12``, ``1e-5``: below one ulp ``2**-16``) means what it means in torch, and
     ``x_hat`` keeps a relative error near ``1e-5`` for variances over the domain of
     ``standardize_domain(n)`` (standard deviations about ``5e-4 .. 5e4`` for ``n = 768``).
-    ``var`` is ``None`` without ``need_var`` (LayerNorm does not use it).
+    ``var`` is ``None`` without ``need_var`` (LayerNorm does not use it). ``center=False``:
+    RMS normalisation (``x`` not centred, ``var`` the mean square).
     """
     pub = public_of(x)
     if pub is not None:
         party = find_party(x)
         xd = pub.to(torch.float64)
         mean = xd.mean(dims, keepdim=True)
-        var = ((xd - mean) ** 2).mean(dims, keepdim=True)
+        xc = xd - mean if center else xd
+        var = (xc**2).mean(dims, keepdim=True)
         rstd = torch.rsqrt(var + eps)
-        outs = [(xd - mean) * rstd, mean, rstd, var]
+        outs = [xc * rstd, mean, rstd, var]
         return tuple(wrap_public(t.float(), party) for t in outs)  # type: ignore[return-value]
     party = x.party
-    res = moments.standardize(_share_f(x), party, dims, eps, need_var=need_var)
+    res = moments.standardize(_share_f(x), party, dims, eps, need_var=need_var, center=center)
     var_out = wrap(res.var, party) if res.var is not None else None
     return wrap(res.x_hat, party), wrap(res.mean, party), wrap(res.rstd, party), var_out
 
@@ -253,3 +257,64 @@ def native_batch_norm_backward(
     if output_mask[2]:
         gb = grad.sum(dims)
     return gx, gw, gb
+
+
+# --------------------------------------------------------------------------- RMS norm
+
+
+class _RMSNorm(torch.autograd.Function):
+    """``x * rsqrt(mean(x**2, dims) + eps)`` kept whole, so the mean square is computed at the
+    scale its magnitude needs (torch decomposes ``F.rms_norm`` into ``pow``, ``mean``,
+    ``rsqrt``: a mean square below one ulp would be lost). Backward:
+    ``rstd * (g - x_hat * mean(g * x_hat))``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, dims: list[int], eps: float) -> Any:
+        xhat, _, rstd, _ = _normalise(x, dims, eps, need_var=False, center=False)
+        ctx.save_for_backward(xhat, rstd)
+        ctx.dims = dims
+        return xhat
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> Any:
+        xhat, rstd = ctx.saved_tensors
+        inner = (grad * xhat).mean(ctx.dims, keepdim=True)
+        return rstd * (grad - xhat * inner), None, None
+
+
+@implements_function(F.rms_norm)
+def rms_norm(
+    input: Any,  # noqa: A002 - torch's name
+    normalized_shape: Sequence[int],
+    weight: Any = None,
+    eps: float | None = None,
+) -> Any:
+    """``F.rms_norm``: ``x / sqrt(mean(x**2) + eps) * weight`` over the last dims, with any
+    ``eps`` (default ``torch.finfo(float32).eps``, as torch) and mean squares over the domain
+    of :func:`crypten_lite.protocols.moments.standardize` (RMS about ``5e-4 .. 5e4`` for 768
+    features)."""
+    k = len(normalized_shape)
+    dims = list(range(input.dim() - k, input.dim()))
+    e = torch.finfo(torch.float32).eps if eps is None else float(eps)
+    out = _RMSNorm.apply(input, dims, e)
+    return out * weight if weight is not None else out
+
+
+@implements_function(F.normalize)
+def normalize(
+    input: Any,  # noqa: A002 - torch's name
+    p: float = 2.0,
+    dim: int = 1,
+    eps: float = 1e-12,
+    out: Any = None,
+) -> Any:
+    """``F.normalize`` with ``p = 2``: ``x / ||x||`` as the RMS normalisation over ``dim``
+    divided by ``sqrt(n)`` (torch's ``max(||x||, eps)`` differs from ``||x||`` only for norms
+    below ``eps``; those rows saturate, see :func:`rms_norm`). Other ``p``: torch's own
+    decomposition."""
+    if p != 2 or out is not None or not isinstance(input, MPCTensor):
+        with torch._C.DisableTorchFunctionSubclass():
+            return F.normalize(input, p, dim, eps, out)
+    d = dim % input.dim()
+    n = input.shape[d]
+    return _RMSNorm.apply(input, [d], 0.0) * (1.0 / math.sqrt(n))
