@@ -296,7 +296,7 @@ def rms_norm(
     k = len(normalized_shape)
     dims = list(range(input.dim() - k, input.dim()))
     e = torch.finfo(torch.float32).eps if eps is None else float(eps)
-    out = _RMSNorm.apply(input, dims, e)
+    out = _RMSNorm.apply(input, dims, e)  # type: ignore[no-untyped-call]
     return out * weight if weight is not None else out
 
 
@@ -317,4 +317,4 @@ def normalize(
             return F.normalize(input, p, dim, eps, out)
     d = dim % input.dim()
     n = input.shape[d]
-    return _RMSNorm.apply(input, [d], 0.0) * (1.0 / math.sqrt(n))
+    return _RMSNorm.apply(input, [d], 0.0) * (1.0 / math.sqrt(n))  # type: ignore[no-untyped-call]
