@@ -521,8 +521,8 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
     out between ``2**30`` and ``2**(30 + |p|)``, never garbage; ``x = 0`` with ``p < 0`` gives
     a value in that range. Non-integer ``p`` with ``x <= 0`` (``nan`` in torch) gives 0 for
     ``p > 0`` and the saturated value for ``p < 0``. ``|x| >= 2**44`` is treated as ``2**44``.
-    ``|p| > 4``: ``(x**(p/k))**k`` with ``k`` a power of two, the inner bound ``2**(30/k)``
-    (relative error times ``k``). ``|p| > 16`` (not integer, or negative) raises
+    ``|p| > 4``: ``(x**(p/k))**k`` with ``k`` a power of two and exact squarings (relative
+    error times ``k``); correct up to ``2**(30 - |p|)``, saturated results up to ``2**30``. ``|p| > 16`` (not integer, or negative) raises
     ``ValueError`` on every party (results would leave the ring).
 
     Cost (2 parties): normalisation 5 rounds, polynomial 4, the factor product with its exact
@@ -560,14 +560,16 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
             f"exponents (results would leave the ring), got {p}"
         )
     k = 1 << max(0, math.ceil(math.log2(abs(p) / 4)))  # inner exponent p / k within [-4, 4]
+    # the inner results stay below 2**(30 / k), so the k-th power stays below 2**30
+    inner_limit = POW_LIMIT_LOG2 / k - (abs(p) / k if k > 1 else 0.0)
+    sign = None
     if p.is_integer():
-        a, sign = abs_and_sign(x, party)
-        mag = _pow_normalized(a, p / k, party, POW_LIMIT_LOG2 / k)
-    else:
-        mag = _pow_normalized(x, p / k, party, POW_LIMIT_LOG2 / k)
-        sign = None
-    if k > 1:
-        mag = pow(mag, k, party)
+        x, sign = abs_and_sign(x, party)
+    mag = _pow_normalized(x, p / k, party, inner_limit)
+    while k > 1:  # squarings with the dealer's exact truncation (values up to 2**46)
+        (sq,) = mul_many([(mag, mag)], party, 0, tag="pow.square")
+        (mag,) = truncate_dealer_many([sq], [f], party, tag="pow.trunc")
+        k //= 2
     if sign is None or int(p) % 2 == 0:
         return mag
     (out,) = mul_many([(mag, _sigma(sign, party))], party, 0, tag="pow.sign")

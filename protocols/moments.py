@@ -111,7 +111,8 @@ def _plan(n: int, f: int) -> _Plan:
 
 def standardize_domain(n: int, frac_bits: int = 16) -> tuple[float, float]:
     """``(lo, hi)``: the variances (plus eps) handled at full accuracy for ``n`` reduced
-    elements; below ``lo`` ``rstd`` saturates, above ``hi`` the result is undefined.
+    elements; below ``lo`` ``rstd`` saturates (at most ``2 / sqrt(lo)``: the bottom bucket
+    adds ``lo / 4`` to ``var + eps``), above ``hi`` the result is undefined.
 
     Cost: none (public arithmetic).
 

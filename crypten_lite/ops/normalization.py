@@ -186,14 +186,15 @@ def native_batch_norm(
         _check_running(x, running_mean, training)
         dims = _reduce_dims(x)
         xhat, mean, rstd, var = _normalise(x, dims, eps)
-        _keep_xhat(rstd, xhat)
+        inv = rstd.reshape(-1)
+        _keep_xhat(inv, xhat)  # on the tensor autograd saves (x_hat is exact, not recomputed)
         out = _affine(xhat, weight, bias, shape)
         if training and running_mean is not None:
             n = x.numel() // x.shape[1]
             unbiased = var.reshape(-1) * (momentum * n / max(n - 1, 1))
             running_mean.mul_(1 - momentum).add_(mean.reshape(-1) * momentum)
             running_var.mul_(1 - momentum).add_(unbiased)
-        return out, mean.reshape(-1), rstd.reshape(-1)
+        return out, mean.reshape(-1), inv
     rstd = _rsqrt(running_var + eps)
     out = _affine((x - running_mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
     empty = wrap_public(torch.zeros(0), party)
