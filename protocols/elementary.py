@@ -11,9 +11,11 @@ Two techniques carry most functions:
 * **Range reduction by squaring** (exp): ``exp(x) = exp(x / 64)**64``, the inner value from a
   degree-4 polynomial computed at ``f + 6`` fractional bits, each squaring dropping one bit of
   scale, so no step loses more than one final ulp.
-* **Normalisation** (reciprocal, sqrt, inv_sqrt, log): one comparison depth against the
-  thresholds ``16**i`` (``4**i`` for log) writes ``x = m * 2**e`` with ``m`` in ``[1, 16)``
-  (:func:`~crypten_lite.protocols.polynomial.normalize`, 4 rounds); a polynomial in ``m``,
+* **Normalisation** (reciprocal, div, sqrt, inv_sqrt, log, pow): one comparison depth against
+  the thresholds ``16**i`` (``4**i`` for log, ``2**i`` for pow) writes ``x = m * 2**e`` with
+  ``m`` in ``[1, 16)`` (:func:`~crypten_lite.protocols.polynomial.normalize`, 4 rounds; 5
+  with 2 parties for the whole ring up to ``2**60``: the high buckets' mantissas need the
+  dealer's exact truncation); a polynomial in ``m``,
   refined by Newton steps where needed, then a public per-bucket factor ``2**(-e)``,
   ``2**(e/2)``, ... applied in one product. CrypTen instead starts Newton's method from an
   exp-based guess (reciprocal: 38 rounds).
@@ -335,12 +337,14 @@ def inv_sqrt(
             they cover ``hi``, without the saturation threshold above, so ``[0.1, 20]`` costs
             2 thresholds instead of 10. Inputs outside the promise get garbage.
 
-    Domain and error: ``x`` in ``[2**-16, 2**20)``: error at most ``1e-4 |result| + 2`` ulps
+    Domain and error: ``x`` in ``[2**-16, 2**44)``, the whole positive ring up to ``2**60``
+    (swept in ``tests/mpc/test_numerics_norm.py``): error at most ``1e-4 |result| + 2`` ulps
     (measured relative ``4.9e-5`` where the result is at least 1). ``x <= 0`` returns ``2**8``
-    (saturation); ``x >= 2**20`` returns 0.
+    (saturation); ``x >= 2**44`` returns 0 (the true value is below ``2**-22``).
 
-    Cost (2 parties): 10 rounds; about ``195`` bytes per element to each peer (10 thresholds;
-    fewer with a hint).
+    Cost (2 parties): 11 rounds (10 before the range reached ``2**44``: the high buckets'
+    exact truncation); about ``250`` bytes per element to each peer (16 thresholds; fewer with
+    a hint, which also keeps 10 rounds when it stays below ``2**20``).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
@@ -365,12 +369,13 @@ def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None =
     Args:
         lo, hi: optional domain hint, as for :func:`inv_sqrt`.
 
-    Domain and error: ``x`` in ``[2**-16, 2**20)``: error at most ``2e-4 |result| + 2`` ulps
+    Domain and error: ``x`` in ``[2**-16, 2**44)``: error at most ``2e-4 |result| + 2`` ulps
     (measured relative ``1.2e-4``; CrypTen ``4.7e-3`` on its benchmark domain). ``x <= 0``
-    returns 0; ``x >= 2**20`` returns ``2**10`` (saturation).
+    returns 0; ``x >= 2**44`` returns ``2**22`` (saturation, at most a factor 2 low up to the
+    largest positive ring value ``2**47``).
 
-    Cost (2 parties): 9 rounds (CrypTen: 18); about ``165`` bytes per element to each peer (10
-    thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes).
+    Cost (2 parties): 10 rounds (CrypTen: 18); about ``220`` bytes per element to each peer
+    (16 thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes, 9 rounds).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
@@ -399,13 +404,13 @@ def log(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = 
             without the saturation threshold above, so ``[0.9, 10]`` (log-softmax) costs 2
             thresholds instead of 18. Inputs outside the promise get garbage.
 
-    Domain and error: ``x`` in ``[2**-16, 2**20)`` (or the hint): absolute error below
+    Domain and error: ``x`` in ``[2**-16, 2**44)`` (or the hint): absolute error below
     ``1e-4`` (measured ``3.4e-5``). Saturation: ``x <= 0`` returns ``-(f + 1) ln 2`` (about
     -11.8 for ``f = 16``, below ``ln`` of the smallest positive value); without a hint, ``x``
-    above the range returns ``ln(2**20)``.
+    at or above ``2**44`` returns ``ln(2**44)``.
 
-    Cost (2 parties): 8 rounds; about ``110`` bytes per element to each peer (18 thresholds;
-    ``[0.9, 10]`` needs 4).
+    Cost (2 parties): 9 rounds (the high buckets' exact truncation); about ``170`` bytes per
+    element to each peer (30 thresholds; ``[0.9, 10]`` needs 4 and 8 rounds).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
