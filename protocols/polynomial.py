@@ -403,6 +403,10 @@ def normalize(
     Cost: 4 rounds (5 with 2 parties and bounds beyond ``2**36``: the exact truncation);
     each party sends ``8 + 5 T + T / 8`` bytes per element to each peer (``+8`` for the exact
     truncation) for ``T = len(bounds) + (top is not None)`` thresholds.
+    Security: semi-honest; as :func:`~crypten_lite.protocols.comparison.sign_bits` (the opened
+    ``x + r`` and bucket bits are masked by uniform dealer values).
+    Reference: normalisation to a mantissa and a power of two as in Catrina and Dragulescu,
+    "Secure division with fixed-point numbers", and Aly and Smart, ACNS'19.
     """
     f = party.frac_bits
     k = len(bounds)
