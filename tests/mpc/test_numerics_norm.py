@@ -6,13 +6,12 @@ fixed-point-rounded inputs (what the parties actually hold).
 
 Each result is within its documented error (docstrings of ``protocols.elementary`` and
 ``protocols.moments``) or at its documented saturation. A one-step SGD of a small BatchNorm
-ResNet at batch 2 checks the training path; the ResNet-18 version is ``slow``.
+ResNet at batch 2 checks the training path; ResNet-18 at batch 2 checks every BatchNorm.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -374,11 +373,8 @@ def test_small_resnet_sgd_step_batch2(run_parties: Run) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("CRYPTEN_LITE_SLOW"), reason="ResNet-18 step: set CRYPTEN_LITE_SLOW=1"
-)
 def test_resnet18_batchnorm_batch2(run_parties: Run) -> None:
-    """ResNet-18, CIFAR input 2x3x32x32, train mode at batch 2 (about 35 s on 2 cores).
+    """ResNet-18, CIFAR input 2x3x32x32, train mode at batch 2 (forward only, about 10 s).
 
     Every BatchNorm is within ``1e-3`` of torch's BatchNorm applied to the same (encrypted
     network's) input: measured ``2.5e-4`` at most, including the last stage's 1x1 maps (2
@@ -416,7 +412,14 @@ def test_resnet18_batchnorm_batch2(run_parties: Run) -> None:
         bn = mods[name]
         assert isinstance(bn, nn.BatchNorm2d)
         ref = F.batch_norm(
-            inp.double(), None, None, bn.weight.double(), bn.bias.double(), True, 0.1, bn.eps
+            inp.double(),
+            None,
+            None,
+            bn.weight.detach().double(),
+            bn.bias.detach().double(),
+            True,
+            0.1,
+            bn.eps,
         )
         worst = max(worst, float((out - ref).abs().max()))
     print(f"ResNet-18 batch 2: largest BatchNorm error {worst:.2e}")
