@@ -1,10 +1,15 @@
-"""Layer L4: layer and batch normalisation, forward and backward.
+"""Layer L4: layer, batch and RMS normalisation (and ``F.normalize``), forward and backward.
 
-Both normalise ``x_hat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` over some
-dimensions: the means are local sums and one division each, the variance one square, ``rstd``
-one inverse-square-root approximation (public when the statistics are public: an encrypted
-input through a plaintext model in eval mode costs products only). The backward passes are the
-textbook formulas
+All normalise ``x_hat = (x - mean) * rstd`` with ``rstd = 1 / sqrt(var + eps)`` over some
+dimensions. A secret input goes through :func:`crypten_lite.protocols.moments.standardize`:
+exact centring (``n x - sum x``), a coarse bucket of ``var + eps`` by one comparison per row,
+the variance recomputed at the scale that bucket needs and ``eps`` added at that scale, so
+standard deviations from about ``5e-4`` to ``5e4`` (768 features; see ``standardize_domain``)
+and any ``eps`` (``1e-12``, ``1e-5``: below one ulp) give ``x_hat`` within ``2e-4``, in 12
+rounds as before (2 parties). Running statistics in eval mode use ``rsqrt(running_var + eps)``
+at scale ``f``: ``eps`` is then rounded to a multiple of ``2**-16`` (``1e-5`` -> ``1.5e-5``),
+which matters only for running variances below about ``1e-2``; public statistics (a plaintext
+model in eval mode) cost products only. The backward passes are the textbook formulas
 
     grad_x = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),   g = grad_out * weight
 
