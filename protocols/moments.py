@@ -184,7 +184,8 @@ def standardize(
     2. ``y_c = D >> t_c`` (truncation); ``S_c = sum(y_c**2) + eps_c`` (1 round, exact squares).
     3. One-hot bucket of ``S_c`` against ``4**j0 .. 4**30`` (3 + 1 rounds, one value per row).
     4. ``y = D 2**(t_c-k_j) >> t_c`` or ``y_c 2**(K-k_j+t_c) >> K`` (1 round, both products).
-    5. ``S = sum(y**2)`` (1 round, exact); ``u = (S + eps_j + floor_j) / 2**P`` (local).
+    5. ``S = sum(y**2)`` (1 round; squares exact, or truncated so ``S`` stays near ``2**36``
+       for large ``n``); ``u = (S + eps_j + floor_j) / 2**P`` (local).
     6. ``q = sqrt(n) 2**-c u**-1/2``: degree-12 relative fit on ``[0.75, 5.25]`` (4 rounds).
     7. ``x_hat = y q 2**(c - P/2)``, ``rstd = q * bucket factor``, ``var = S / 2**P * bucket
        factor``: one round.
@@ -250,17 +251,20 @@ def standardize(
     )
     (z,) = truncate_many([z], [big_k], party)
     y = z[0] + z[1]
-    (sq,) = square_many([y], party, 0, tag="standardize.fine")
+    # squares truncated by b_sq bits when n is large, so the row sum S / 2**b_sq stays near
+    # 2**36 (its local truncation to u below then fails with probability about 2**-26)
+    b_sq = max(0, plan.p - 34)
+    (sq,) = square_many([y], party, b_sq, tag="standardize.fine")
     s_fine = sq.sum(dims, keepdim=True)
     # eps at the fine scale, and a floor of 2**P in the bottom bucket (saturation)
-    cap = 1 << (plan.p + 3)
-    add = [min(round(eps * float(n) ** 3 * 4.0 ** (f - k)), cap) for k in ks]
-    add[0] += 1 << plan.p
+    cap = 1 << (plan.p - b_sq + 3)
+    add = [min(round(eps * float(n) ** 3 * 4.0 ** (f - k) / 2.0**b_sq), cap) for k in ks]
+    add[0] += 1 << (plan.p - b_sq)
     s_tot = s_fine + _select(onehot, add)  # one-hot shares times public integers: local
     # mean = (s / 2**ceil(log2 n)) * (2**ceil(log2 n) / n), the factor in (1/2, 1] at 2**-24
     g = 24
     s_mean = s_low * round(2.0 ** (lg_up + g) / n)
-    u, mean = truncate_many([s_tot, s_mean], [plan.p - _U_SCALE, g], party)
+    u, mean = truncate_many([s_tot, s_mean], [plan.p - b_sq - _U_SCALE, g], party)
     t = public_affine(
         u, party, _U_SCALE, 2 / (_U_HI - _U_LO), -(_U_HI + _U_LO) / (_U_HI - _U_LO), _U_SCALE
     )
@@ -278,7 +282,7 @@ def standardize(
     bits += r_bits
     if need_var:
         # var = (S / 2**P) * 2**P * 4**k / (n**3 * 4**f)
-        (v,) = truncate_many([s_fine], [plan.p - _U_SCALE], party)
+        (v,) = truncate_many([s_fine], [plan.p - b_sq - _U_SCALE], party)
         v_pairs, v_bits = _factor_pairs(
             v, onehot, [2.0 ** (plan.p + 2 * k - 2 * f) / n**3 for k in ks], _U_SCALE, f
         )
