@@ -27,13 +27,16 @@ import torch.nn.functional as F
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import clamp, public_threshold, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
-from crypten_lite.protocols.elementary import exp, log, reciprocal
+from crypten_lite.protocols.elementary import exp
 from crypten_lite.protocols.polynomial import (
+    Normalized,
     evaluate,
     fit,
     internal_scale,
     mul_many,
+    normalize,
     public_affine,
+    rescale,
 )
 from crypten_lite.protocols.reduction import max_dim
 
@@ -41,7 +44,7 @@ __all__ = ["erf", "gelu", "log_softmax", "sigmoid", "silu", "softmax", "tanh"]
 
 Tensor = torch.Tensor
 _DEGREE = 12
-_SOFTMAX_FLOOR = 16.0  # exp(-16) < 2**-16: softmax inputs below max - 16 contribute 0
+_SOFTMAX_FLOOR = 24.0  # exp(-24) = 3.8e-11: softmax inputs below max - 24 contribute exactly 0
 
 
 def _sigmoid64(t: Tensor) -> Tensor:
@@ -172,11 +175,99 @@ def silu(x: Tensor, party: Party) -> Tensor:
 
 
 def _exp_shifted(x: Tensor, party: Party, dim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(z = x - max, exp(max(z, -16)), sum over dim)``, ``dim`` the last dimension."""
+    """``(z = x - max, exp(max(z, -24)), sum over dim)``, ``dim`` the last dimension.
+
+    The floor -24 (not -16) makes clamped entries contribute exactly 0 to the sum: ``exp``
+    at -16 still rounds to one ulp with probability ``0.008`` per element, which over 1000
+    masked positions adds ``1e-4`` to the row sum; at -24 it never does (measured).
+    """
     m, _ = max_dim(x, party, dim, keepdim=True)
     z = x - m
     e = exp(clamp(z, party, min=-_SOFTMAX_FLOOR), party)
     return z, e, e.sum(dim, keepdim=True)
+
+
+def _recip(t: Tensor) -> Tensor:
+    return 1 / t
+
+
+def _ln(t: Tensor) -> Tensor:
+    return torch.log(t)
+
+
+# The row sum s of max-subtracted exponentials lies in [1, n] up to exp's relative error
+# (1e-4): the mantissa m = s / 2**k of its power-of-two bucket lies in [1, 2] up to that error.
+# The fits cover a little more on both sides.
+_M_LO, _M_HI = 0.99, 2.02
+
+
+def _sum_buckets(s: Tensor, party: Party, n: int) -> Normalized:
+    """``s = m * 2**k`` with ``m`` in ``[1, 2)``: one comparison depth (4 rounds) against the
+    thresholds ``2**1 .. 2**(K-1)`` (``K = ceil(log2 n)``), power-of-two bases, so the mantissa
+    is exact shifts (:func:`~crypten_lite.protocols.polynomial.normalize`). The row sum is one
+    element per row, so the ``K`` thresholds cost bytes per row, not per element."""
+    f = party.frac_bits
+    k = max(1, math.ceil(math.log2(max(n, 2))))
+    return normalize(s, party, bounds=[1 << (f + i) for i in range(k)], top=None)
+
+
+def _combine(terms: list[tuple[Tensor, float]], const: float, party: Party, scale: int) -> Tensor:
+    """``const + sum c * term`` (terms at ``scale``), at ``scale``: exact sum, one truncation."""
+    cb = _COEFF_BITS
+    acc = torch.zeros_like(terms[0][0])
+    for term, c in terms:
+        acc += term * round(c * (1 << cb))
+    if party.rank == 0:
+        acc += round(const * (1 << (scale + cb)))
+    return rescale(acc, party, scale + cb, scale)
+
+
+_COEFF_BITS = 16
+
+
+def _normalised_quotient(e: Tensor, s: Tensor, party: Party, n: int, dim: int) -> Tensor:
+    """``[e / s]`` for the row sums ``s`` in ``[1, n]`` (broadcast along ``dim``), 7 rounds.
+
+    1. ``s = m * 2**k``, ``m`` in ``[1, 2)`` (:func:`_sum_buckets`, 4 rounds); ``F = 2**-k``
+       from the one-hot at scale ``S = f + 4`` (exact public weights).
+    2. ``1/m ~ p(t)``, ``p`` a degree-6 relative minimax fit on ``[0.99, 2.02]`` (relative
+       error ``1.1e-5``), ``t`` the affine image of ``m`` in ``[-1, 1]``. Written as
+       ``p = L0 + t**2 M`` with ``L0 = c0 + c1 t + c2 t**2`` and
+       ``M = c3 t + c4 t**2 + c5 t**3 + c6 t**4``, the product ``e F p(t)`` takes 3 rounds:
+       ``(t**2, eF)``, then ``(eF L0, eF t**2, t**3, t**4)``, then ``(eF t**2) M``.
+
+    No Newton step is needed: the fit alone is 10 times below the error budget, and the scale
+    ``2**-k`` is exact, so the quotient's relative error is the fit's plus the rounding of
+    the products at ``f + 4`` bits.
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    norm = _sum_buckets(s, party, n)
+    onehot = norm.onehot  # (K + 2, ...): nonpos, buckets 0..K-1, above (all zero)
+    k = len(norm.bases)
+    w = torch.tensor([0] + [round(2.0 ** (scale - i)) for i in range(k)] + [0])
+    factor = (onehot * w.view((-1,) + (1,) * s.dim())).sum(0)  # 2**-k at scale S
+    coeffs = fit(_recip, _M_LO, _M_HI, 6, True)
+    span = _M_HI - _M_LO
+    t = public_affine(norm.mantissa, party, f, 2 / span, -(_M_HI + _M_LO) / span, scale)
+    e_s = e << (scale - f)
+    t2, ef = mul_many([(t, t), (e_s, factor)], party, scale, tag="softmax.recip")
+    low = _combine([(t, coeffs[1]), (t2, coeffs[2])], coeffs[0], party, scale)
+    ef_low, ef_t2, t3, t4 = mul_many(
+        [(ef, low), (ef, t2), (t, t2), (t2, t2)], party, scale, tag="softmax.recip"
+    )
+    mid = _combine(
+        [(t, coeffs[3]), (t2, coeffs[4]), (t3, coeffs[5]), (t4, coeffs[6])], 0.0, party, scale
+    )
+    (high,) = mul_many([(ef_t2, mid)], party, scale, tag="softmax.recip")
+    return rescale(ef_low + high, party, scale, f)
+
+
+def _constant(like: Tensor, value: float, party: Party) -> Tensor:
+    out = torch.zeros_like(like)
+    if party.rank == 0:
+        out += round(value * (1 << party.frac_bits))
+    return out
 
 
 def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
@@ -184,42 +275,63 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
 
     1. ``m = max(x, dim)`` (:func:`~crypten_lite.protocols.reduction.max_dim`: 5 rounds for
        ``n <= 10``, 5 more per tree level beyond).
-    2. ``z = max(x - m, -16)`` (:func:`~crypten_lite.protocols.comparison.clamp`, 4 rounds)
+    2. ``z = max(x - m, -24)`` (:func:`~crypten_lite.protocols.comparison.clamp`, 4 rounds)
        keeps :func:`~crypten_lite.protocols.elementary.exp` in its domain.
     3. ``e = exp(z)`` (8 rounds), ``s = sum e`` (local), in ``[1, n]``.
-    4. ``1/s`` by :func:`~crypten_lite.protocols.elementary.reciprocal` with the domain hint
-       ``[0.9, n]`` (7 rounds for ``n <= 14``), then ``e / s`` (1 round).
+    4. ``e / s`` by :func:`_normalised_quotient` (7 rounds): ``s = m 2**k`` with a power-of-two
+       bucket, a polynomial for ``1/m`` on ``[1, 2]``, and the exact factor ``2**-k`` folded
+       into the product with ``e``.
 
-    Domain: any inputs. Error: below ``2e-4`` absolute per output (measured ``5e-5`` on the
-    128x10 benchmark; inputs more than 16 below the maximum get 0 instead of at most
-    ``1.1e-7``). CrypTen: ``3e-3``.
+    Domain: any inputs whose pairwise differences fit the ring (``|x| < 2**(62 - f)``), any
+    row length ``n`` (rows longer than ``2**21`` get outputs below one ulp). Masked positions
+    (a public mask saturated to ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`) get
+    exactly 0. Error: below ``2e-4`` absolute per output for every spread and ``n`` up to
+    1024 (measured ``5e-5``: exp's relative ``1e-4`` and the fit's ``1.1e-5``); inputs more
+    than 24 below the maximum get exactly 0 instead of at most ``3.8e-11``. CrypTen: ``3e-3``.
 
-    Cost (2 parties, ``n <= 10``): 25 rounds (CrypTen: 94).
+    Cost (2 parties): ``5 L + 19`` rounds for a tree of ``L`` max levels: 24 for ``n <= 10``,
+    29 for ``n <= 100``, 34 for ``n <= 1000`` (CrypTen: 94). More parties: every truncation
+    is a dealer round. A 0-dim input or ``n = 1`` returns 1 (public, no rounds).
     Security: semi-honest; as the protocols used.
 
     Reference: max subtraction as in CrypTen (Knott et al., NeurIPS'21), with the protocols
-    named above.
+    named above; normalisation to a power-of-two mantissa as in Catrina and Dragulescu,
+    "Secure division with fixed-point numbers".
     """
+    if x.dim() == 0 or x.shape[dim % x.dim()] == 1:
+        return _constant(x, 1.0, party)
     d = dim % x.dim()
     n = x.shape[d]
     _, e, s = _exp_shifted(x, party, d)
-    r = reciprocal(s, party, positive=True, lo=0.9, hi=float(max(n, 2)))
-    (out,) = mul_many([(e, r)], party, tag="softmax")
-    return out
+    return _normalised_quotient(e, s, party, n, d)
 
 
 def log_softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     """``[log_softmax(x, dim)] = z - ln(sum exp(z))`` with ``z = x - max(x)``.
 
-    Steps 1-3 of :func:`softmax`, then :func:`~crypten_lite.protocols.elementary.log` of the
-    sum with the domain hint ``[0.9, n]``.
+    Steps 1-3 of :func:`softmax`, then ``ln s = ln m + k ln 2`` with ``s = m 2**k``
+    (:func:`_sum_buckets`, 4 rounds): ``ln m`` a degree-7 fit on ``[0.99, 2.02]`` (absolute
+    error ``2.4e-7``, 3 rounds), ``k ln 2`` a public weight of the one-hot (local).
 
-    Error: below ``2e-4`` absolute. Cost (2 parties, ``n <= 10``): 25 rounds.
+    Error: below ``2e-4`` absolute (exp's relative error, the fit, rounding). Masked positions
+    keep their (saturated) difference to the maximum. Cost (2 parties): ``5 L + 19`` rounds
+    as :func:`softmax` (24 for ``n <= 10``). A 0-dim input or ``n = 1`` returns 0.
     Security: semi-honest; as the protocols used.
 
     Reference: as :func:`softmax`.
     """
+    if x.dim() == 0 or x.shape[dim % x.dim()] == 1:
+        return torch.zeros_like(x)
+    f = party.frac_bits
+    scale = internal_scale(party)
     d = dim % x.dim()
     n = x.shape[d]
     z, _, s = _exp_shifted(x, party, d)
-    return z - log(s, party, lo=0.9, hi=float(max(n, 2)))
+    norm = _sum_buckets(s, party, n)
+    k = len(norm.bases)
+    span = _M_HI - _M_LO
+    t = public_affine(norm.mantissa, party, f, 2 / span, -(_M_HI + _M_LO) / span, scale)
+    (ln_m,) = evaluate(t, [fit(_ln, _M_LO, _M_HI, 7)], party, scale, f)
+    w = torch.tensor([0] + [round(i * math.log(2.0) * (1 << f)) for i in range(k)] + [0])
+    offset = (norm.onehot * w.view((-1,) + (1,) * s.dim())).sum(0)
+    return z - (ln_m + offset)
