@@ -14,7 +14,10 @@ in MPC form:
   ``dQ = dS K * scale``, ``dK = dS^T Q * scale``.
 
 Masks must be public (a causal mask, or a boolean/additive ``attn_mask`` tensor). Masked scores
-are set to a large negative public value before the softmax (``-inf`` cannot be encoded).
+are set to the masking sentinel ``-2**(40 - f)`` (:mod:`crypten_lite.encoding`; ``-inf`` cannot
+be encoded) before the softmax, whose max subtraction and exp floor then give them exactly 0
+whatever the unmasked scores are; additive float masks with ``finfo.min`` entries saturate to
+the same sentinel, ``-inf`` entries are treated as boolean masks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crypten_lite.encoding import mask_limit
 from crypten_lite.ops._common import find_party, public_of, unsupported, wrap_public
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
@@ -32,9 +36,10 @@ aten = torch.ops.aten
 
 __all__ = ["MASKED_SCORE", "attention_math"]
 
-MASKED_SCORE = -64.0
-"""Score given to masked positions: far below any score the softmax must keep apart from it,
-and inside the approximations' domain (its exp weight is below 2**-92)."""
+MASKED_SCORE = -float(2**24)
+"""Score given to masked positions at ``f = 16``: the masking sentinel ``-2**(40 - f)``
+(:func:`crypten_lite.encoding.mask_limit`), far below any score the softmax must keep apart
+from it (a fixed -64 failed when every unmasked score was below -40)."""
 
 _PROBS = "attention:P"
 
@@ -57,7 +62,8 @@ def _mask_scores(scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any) -
             scores = scores + torch.where(finite, mask, torch.zeros_like(mask))
             keep = finite if keep is None else keep & finite
     if keep is not None:
-        scores = scores.masked_fill(~keep, MASKED_SCORE)
+        f = next((t.party.frac_bits for t in (scores, q, k) if isinstance(t, MPCTensor)), 16)
+        scores = scores.masked_fill(~keep, -mask_limit(f))
     return scores
 
 
