@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from crypten_lite.encoding import decode, encode
+from crypten_lite.encoding import decode, encode, max_representable
 from crypten_lite.ops._common import (
     encode_operand,
     find_party,
@@ -133,8 +133,10 @@ def bilinear_values(
         secret, pub, public_first = y, px, True
     assert pub is not None
     fs = secret.frac_bits
-    if pub.is_floating_point():
-        encode_operand(pub, party.frac_bits, party)  # NaN, inf, out of range: raise naming the op
+    if pub.is_floating_point() and pub.numel():
+        limit = max_representable(party.frac_bits)
+        if not bool(torch.isfinite(pub).all()) or float(pub.abs().max()) >= limit:
+            encode_operand(pub, party.frac_bits, party)  # raises, naming the op
     operand = _as_public_operand(pub)
     if isinstance(operand, int) or not operand.dtype.is_floating_point:
         if op == "mul":
