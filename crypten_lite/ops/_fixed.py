@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from crypten_lite.encoding import decode, encode, max_representable
+from crypten_lite.encoding import decode, encode, mask_limit, max_representable
 from crypten_lite.ops._common import (
     encode_operand,
     find_party,
@@ -55,9 +55,11 @@ def out_frac(dtype: torch.dtype, party: Party) -> int:
 def add_values(x: Any, y: Any, party: Party, alpha: Any = 1, *, mask_op: str = "add") -> MPCTensor:
     """``x + alpha * y`` for any mix of operands (local: shares add, party 0 adds publics).
 
-    A public operand is a masking operand (additive attention masks): values beyond
-    ``2**(40 - f)`` (``finfo.min``, ``-inf``, ``-1e9``) saturate to ``±2**(40 - f)`` with a
-    warning (:mod:`crypten_lite.encoding`); ``mask_op`` names the op in that warning.
+    A public operand is a masking operand (additive attention masks): where its value lies
+    beyond ``2**(40 - f)`` (``finfo.min``, ``±inf``, ``-1e9``) the result is the sentinel
+    ``±2**(40 - f)`` itself, as float arithmetic absorbs a small addend into a huge one, with a
+    warning (:mod:`crypten_lite.encoding`); ``mask_op`` names the op in that warning. So a row
+    masked everywhere with ``finfo.min`` becomes constant and its softmax uniform, as in torch.
     """
     if not (isinstance(alpha, (int, float)) and alpha == 1):
         py = public_of(y) if not isinstance(y, MPCTensor) else None
@@ -69,6 +71,14 @@ def add_values(x: Any, y: Any, party: Party, alpha: Any = 1, *, mask_op: str = "
         return wrap_public(torch.add(px, py).to(dtype), party, dtype)
     frac = out_frac(dtype, party)
     share = ring_of(x, party, frac, mask_op=mask_op) + ring_of(y, party, frac, mask_op=mask_op)
+    pub = px if px is not None else py
+    if pub is not None and pub.is_floating_point() and pub.numel():
+        limit = mask_limit(party.frac_bits)
+        over = pub.abs() > limit  # NaN raised in ring_of
+        if bool(over.any()):
+            sentinel = round(limit * (1 << frac)) if party.rank == 0 else 0
+            fill = torch.sign(pub).to(torch.int64) * sentinel
+            share = torch.where(over, fill, share)
     return wrap(share, party, dtype=dtype)
 
 

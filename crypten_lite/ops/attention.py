@@ -44,7 +44,11 @@ from it (a fixed -64 failed when every unmasked score was below -40)."""
 _PROBS = "attention:P"
 
 
-def _mask_scores(scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any) -> Any:
+def _mask_scores(
+    scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any
+) -> tuple[Any, torch.Tensor | None]:
+    """Masked scores, and the public rows that mask every key (``None`` if there are none):
+    torch's SDPA returns 0 for those rows (``-inf``/boolean masks), so the caller zeroes them."""
     L, S = q.shape[-2], k.shape[-2]
     keep: torch.Tensor | None = None
     if is_causal:
@@ -64,7 +68,9 @@ def _mask_scores(scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any) -
     if keep is not None:
         f = next((t.party.frac_bits for t in (scores, q, k) if isinstance(t, MPCTensor)), 16)
         scores = scores.masked_fill(~keep, -mask_limit(f))
-    return scores
+        dead = ~keep.any(-1, keepdim=True)
+        return scores, (dead if bool(dead.any()) else None)
+    return scores, None
 
 
 def attention_math(
@@ -80,8 +86,10 @@ def attention_math(
     called outside the dispatch table)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
-    scores = _mask_scores(scores, attn_mask, is_causal, q, k)
+    scores, dead = _mask_scores(scores, attn_mask, is_causal, q, k)
     probs = torch.softmax(scores, dim=-1)
+    if dead is not None:  # rows with every key masked: 0, as torch's SDPA (public, local)
+        probs = probs.masked_fill(dead, 0.0)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p, training=True)
     return probs @ v, probs

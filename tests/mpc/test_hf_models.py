@@ -8,8 +8,9 @@ positions probability 0, as in torch.
 
 The weights use ``initializer_range=0.2`` (transformers' default 0.02 gives hidden states with a
 standard deviation near 0.03, where LayerNorm's current accuracy is the normalisation issue's
-concern, not this file's). Padding is on the right, so no query row is masked entirely (a fully
-masked row differs from torch by design: see the encoding module).
+concern, not this file's). One sequence is padded on the right, one on the left: then a causal
+model's padding rows mask every key; eager's finfo.min mask gives them a uniform row and SDPA's
+boolean mask a zero row, in torch and here alike, so every position is compared.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def _model(kind: str, attn: str) -> torch.nn.Module:
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 100, (2, 8), generator=g)
-    mask = torch.ones(2, 8, dtype=torch.long)
-    mask[1, 5:] = 0  # right padding on the second sequence
+    ids = torch.randint(0, 100, (3, 8), generator=g)
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, 5:] = 0  # right padding
+    mask[2, :3] = 0  # left padding: causal rows of the padding mask every key
     return ids, mask
 
 
