@@ -11,8 +11,8 @@ public values are the same everywhere; the ops layer calls :func:`saturate_mask`
 * **Masking operands** — the public operand of an addition or subtraction (additive attention
   masks), the fill value of ``masked_fill`` / ``where``, attention masks (not ``index_put``:
   its values follow the second rule): every value with ``|v| > 2**(40 - f)`` (``2**24 ~
-  1.7e7`` at ``f = 16``) — ``torch.finfo(dtype).min``, ``-inf``, ``-1e9`` — is replaced by the sentinel ``±2**(40 - f)``, with one
-  :class:`SaturationWarning` per op. The sentinel sits far below any score a softmax must keep
+  1.7e7`` at ``f = 16``) — ``torch.finfo(dtype).min``, ``-inf``, ``-1e9`` — is replaced by
+  the sentinel ``±2**(40 - f)``, with one :class:`SaturationWarning` per op. The sentinel sits far below any score a softmax must keep
   (its max subtraction and exp floor then give the masked positions exactly 0, as torch does),
   while sums of a few sentinels and comparisons stay exact (ring values ``2**40``, far from
   ``2**63``). In an addition the masked result *is* the sentinel (float arithmetic absorbs a
