@@ -9,16 +9,17 @@ Public operands beyond the headroom (the one rule, applied identically on every 
 public values are the same everywhere; the ops layer calls :func:`saturate_mask`):
 
 * **Masking operands** — the public operand of an addition or subtraction (additive attention
-  masks), the fill value of ``masked_fill`` / ``where``, attention masks (not ``index_put``:
-  its values follow the second rule): every value with ``|v| > 2**(40 - f)`` (``2**24 ~
-  1.7e7`` at ``f = 16``) — ``torch.finfo(dtype).min``, ``-inf``, ``-1e9`` — is replaced by
-  the sentinel ``±2**(40 - f)``, with one :class:`SaturationWarning` per op. The sentinel sits far below any score a softmax must keep
-  (its max subtraction and exp floor then give the masked positions exactly 0, as torch does),
-  while sums of a few sentinels and comparisons stay exact (ring values ``2**40``, far from
-  ``2**63``). In an addition the masked result *is* the sentinel (float arithmetic absorbs a
-  small addend into ``finfo.min`` too), so a row masked everywhere is uniform after softmax,
-  as in torch (torch gives NaN for an all ``-inf`` row). A product of a sentinel with a secret
-  above ``2**7`` overflows (masks are added right before a softmax in practice). NaN raises.
+  masks), the fill value of ``masked_fill`` / ``where``, attention masks (not ``index_put``: its
+  values follow the second rule): every value with ``|v| > 2**(40 - f)`` (``2**24 ~ 1.7e7`` at
+  ``f = 16``) — ``torch.finfo(dtype).min``, ``-inf``, ``-1e9`` — is replaced by the sentinel
+  ``±2**(40 - f)``, with one :class:`SaturationWarning` per op. The sentinel sits far below any
+  score a softmax must keep (its max subtraction and exp floor then give the masked positions
+  exactly 0, as torch does), while sums of a few sentinels and comparisons stay exact (ring
+  values ``2**40``, far from ``2**63``). In an addition the masked result *is* the sentinel
+  (float arithmetic absorbs a small addend into ``finfo.min`` too), so a row masked everywhere
+  is uniform after softmax, as in torch (torch gives NaN for an all ``-inf`` row). A product of
+  a sentinel with a secret above ``2**7`` overflows (masks are added right before a softmax in
+  practice). NaN raises.
 * **Every other public operand** (multipliers, divisors, thresholds, ...): NaN, ``±inf`` and
   ``|v| >= 2**(63 - f)`` raise :class:`~crypten_lite.errors.EncodingError` naming the op and the
   value; everything else is encoded exactly.
