@@ -24,14 +24,14 @@ inv_sqrt       (0, 2**20)                   rel 4.9e-5 + 2 ulp             10
 sigmoid        all x                        abs 7e-5                       9       23
 tanh, erf      all x                        abs 9.2e-5, 3e-5               9
 gelu, silu     all x                        abs 3.8e-5, 1.2e-4             9
-softmax        any, any row length n        abs 5e-5 (n <= 1024)           24 (a)  94
-log_softmax    any, any row length n        abs 5e-5 (n <= 1024)           24 (a)
+softmax        any, any row length n        abs 8.3e-5 (n <= 1024)         22 (a)  94
+log_softmax    any, any row length n        abs 5e-5 (n <= 1024)           22 (a)
 sin, cos       any x                        abs 2e-4 + |x| 2**-22          8
 pow            per exponent kind            as the pieces
 norm           p in {1, 2, inf}             as sqrt / exact
 =============  ===========================  =============================  ======  =======
 
-(a) ``n <= 10``; ``5 L + 19`` for a row-max tree of ``L`` levels (29 for ``n <= 100``, 34
+(a) ``n <= 10``; ``5 L + 17`` for a row-max tree of ``L`` levels (27 for ``n <= 100``, 32
 for ``n <= 1000``).
 
 With more than 2 parties every truncation is a dealer round, so the product-heavy functions
