@@ -325,14 +325,14 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     row length ``n`` (rows longer than ``2**21`` get outputs below one ulp). Masked positions
     (a public mask saturated to ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`) get
     exactly 0. Error: below ``2e-4`` absolute per output for every spread and ``n`` up to
-    1024 (measured ``8.3e-5``, 2 and 3 parties: exp's 3 ulps and the fit's relative
-    ``6e-5``); inputs more than 24 below the maximum get exactly 0 instead of at most
+    1024 (measured ``8.3e-5`` on spreads up to ``2**45``, ``1.2e-4`` on the 128x10
+    benchmark, 2 and 3 parties: exp's 3 ulps and the fit's relative ``6e-5``); inputs more than 24 below the maximum get exactly 0 instead of at most
     ``3.8e-11``. CrypTen: ``3e-3``.
 
     Cost (2 parties): ``5 L + 17`` rounds for a tree of ``L`` max levels: 22 for ``n <= 10``,
     27 for ``n <= 100``, 32 for ``n <= 1000`` (main before: 25, 34, 39; CrypTen: 94); about
-    ``320 / 230 / 215`` bytes per element to each peer for ``n = 10 / 64 / 128`` (main before:
-    ``253 / 175 / 160``: the quotient costs three products per element instead of one, for 5
+    ``235 / 230 / 215`` bytes per element to each peer for ``n = 10 / 64 / 128`` (main before:
+    ``183 / 175 / 160``: the quotient costs three products per element instead of one, for 5
     rounds fewer). More parties: every truncation is a dealer round. A 0-dim input or
     ``n = 1`` returns 1 (public, no rounds).
     Security: semi-honest; as the protocols used.
