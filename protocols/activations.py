@@ -199,31 +199,30 @@ def _exp_floor(z: Tensor, party: Party) -> Tensor:
 
     1. ``t = z / 12 + 1`` in ``[-1, 1]`` (local), so ``y = z / 8 = 1.5 t - 1.5``.
     2. ``v = p(t) ~ exp(y)``, a degree-8 relative minimax fit on ``[-3, 0]`` (relative error
-       ``3.9e-7``; Estrin, 3 rounds), coefficients with 20 bits, at scale ``f + 4``, returned
-       at ``f + 3``.
-    3. Three squarings ``v <- v**2``, the ``j``-th truncating to scale ``f + 2 - j``, ending
-       at ``f`` (3 rounds).
+       ``3.9e-7``; Estrin, 3 rounds), coefficients with 20 bits, at scale ``S = f + 2``.
+    3. Three squarings ``v <- v**2`` at scale ``S`` (3 rounds), then ``S -> f``.
 
     The generic :func:`~crypten_lite.protocols.elementary.exp` serves ``[-16, 8]`` with a
-    degree-4 core on ``x / 64`` and six squarings (8 rounds); the max subtraction bounds ``z``
-    to ``[-24, 0]``, where a wider core and three squarings suffice: 2 rounds fewer, and half
-    the squarings, each on values below ``2**38`` in the ring (2-party local truncation fails
-    with probability below ``2**-26`` per element and squaring, instead of ``2**-20``).
+    degree-4 core on ``x / 64`` and six squarings at up to ``f + 6`` bits (8 rounds); the max
+    subtraction bounds ``z`` to ``[-24, 0]``, where a wider core and three squarings suffice:
+    2 rounds fewer. Every product here has ``|t|, |v| <= 1`` at ``S = 18`` bits, so it stays
+    below ``2**36`` in the ring: 2-party local truncation fails with probability below
+    ``8 * 2**-28 = 2**-25`` per element in all (the generic exp: about ``2**-19``, i.e. a few
+    failures per BERT-base forward pass at sequence length 128, 2.4 million softmax inputs).
 
-    Error: absolute below 3 ulps (measured 2.9, 2 and 3 parties, on a dense grid of
-    ``[-24, 0]``), relative below ``6e-5`` where ``exp(z) >= 0.5``: the fit's ``3.9e-7`` times
-    8 and the rounding of ``v`` at ``f + 3`` bits, doubled by each squaring; exactly 0 at
-    ``z = -24`` (measured).
+    Error: absolute below 8 ulps (measured 7.2 on a dense grid of ``[-24, 0]``, 2 and 3
+    parties), relative below ``1.5e-4`` where ``exp(z) >= 0.5`` (measured ``1.3e-4``): the fit's ``3.9e-7`` and the
+    rounding of ``v`` at ``S`` bits, both doubled by each squaring; exactly 0 at ``z = -24``
+    (measured).
     """
     f = party.frac_bits
-    scale = internal_scale(party)
-    top = f + _EXP_SQUARINGS
+    scale = f + 2
     t = public_affine(z, party, f, 1 / 12, 1.0, scale)
     coeffs = fit(_exp64, -3.0, 0.0, 8, True)
-    (v,) = evaluate(t, [coeffs], party, scale, top, coeff_bits=20)
-    for j in range(_EXP_SQUARINGS):
-        (v,) = square_many([v], party, top - j + 1, tag="softmax.exp")
-    return v
+    (v,) = evaluate(t, [coeffs], party, scale, scale, coeff_bits=20)
+    for _ in range(_EXP_SQUARINGS):
+        (v,) = square_many([v], party, scale, tag="softmax.exp")
+    return rescale(v, party, scale, f)
 
 
 def _recip(t: Tensor) -> Tensor:
@@ -325,8 +324,8 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     row length ``n`` (rows longer than ``2**21`` get outputs below one ulp). Masked positions
     (a public mask saturated to ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`) get
     exactly 0. Error: below ``2e-4`` absolute per output for every spread and ``n`` up to
-    1024 (measured ``8.3e-5`` on spreads up to ``2**45``, ``1.2e-4`` on the 128x10
-    benchmark, 2 and 3 parties: exp's 3 ulps and the fit's relative ``6e-5``); inputs more than 24 below the maximum get exactly 0 instead of at most
+    1024 (measured ``6.5e-5`` on spreads up to ``2**45`` and ``7.5e-5`` on the 128x10
+    benchmark, 2 and 3 parties: exp's relative ``1.3e-4`` and the fit's ``6e-5``); inputs more than 24 below the maximum get exactly 0 instead of at most
     ``3.8e-11``. CrypTen: ``3e-3``.
 
     Cost (2 parties): ``5 L + 17`` rounds for a tree of ``L`` max levels: 22 for ``n <= 10``,

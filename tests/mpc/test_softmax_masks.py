@@ -55,7 +55,8 @@ def test_softmax_any_length_and_spread(n: int, world_size: int, run_parties: Run
     for sm, lsm in run_parties(fn, world_size):
         assert (sm - torch.softmax(xe, -1)).abs().max() <= TOL
         assert (sm - torch.softmax(xe, -1)).abs().max() <= 2e-4  # the docstring's bound
-        assert (lsm - torch.log_softmax(xe, -1)).abs().max() <= 2e-4
+        ref = torch.log_softmax(xe, -1)  # float64: values near 2**44 carry ulps of 2**-8
+        assert ((lsm - ref).abs() <= 2e-4 + ref.abs() * 2.0**-50).all()
 
 
 def test_softmax_rounds(run_parties: Run) -> None:
