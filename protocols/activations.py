@@ -211,9 +211,9 @@ def _exp_floor(z: Tensor, party: Party) -> Tensor:
     failures per BERT-base forward pass at sequence length 128, 2.4 million softmax inputs).
 
     Error: absolute below 8 ulps (measured 7.2 on a dense grid of ``[-24, 0]``, 2 and 3
-    parties), relative below ``1.5e-4`` where ``exp(z) >= 0.5`` (measured ``1.3e-4``): the fit's ``3.9e-7`` and the
-    rounding of ``v`` at ``S`` bits, both doubled by each squaring; exactly 0 at ``z = -24``
-    (measured).
+    parties), relative below ``1.5e-4`` where ``exp(z) >= 0.5`` (measured ``1.3e-4``): the fit's
+    ``3.9e-7`` and the rounding of ``v`` at ``S`` bits, both doubled by each squaring; exactly 0
+    at ``z = -24`` (measured).
     """
     f = party.frac_bits
     scale = f + 2
