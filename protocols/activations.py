@@ -279,7 +279,7 @@ def _normalised_quotient(e: Tensor, s: Tensor, party: Party, n: int, dim: int) -
     ``2**-k`` is exact, so the quotient's relative error is the fit's plus the rounding of
     the products at ``f + 4`` bits. Every per-element product is proportional to ``e / s``,
     so over a row the 2-party local truncations fail with probability about
-    ``3 * 2**41 / 2**64 = 2**-21.4`` in all (``exp``'s squarings: about ``2**-19`` per element).
+    ``3 * 2**41 / 2**64 = 2**-21.4`` in all (:func:`_exp_floor`: ``2**-25`` per element).
     """
     f = party.frac_bits
     scale = internal_scale(party)
