@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from crypten_lite.protocols.domains import DOMAINS, RING, Domain, local_truncation_failure
+from crypten_lite.protocols.moments import standardize_domain
 
 __all__ = ["DomainIssue", "domain_report"]
 
@@ -193,7 +194,8 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
         elif func == aten.native_layer_norm.default:
             dims = tuple(range(x.dim() - len(args[1]), x.dim()))
             var = x.double().var(dim=dims, unbiased=False)
-            self.normalisation("layer_norm", var, float(args[4]))
+            n = math.prod(x.shape[d] for d in dims)
+            self.normalisation("layer_norm", var, float(args[4]), n)
         elif "batch_norm" in name:
             self.batch_norm(name, args)
 
@@ -260,8 +262,18 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 f"{d.max_row} per row",
             )
 
-    def normalisation(self, op: str, var: torch.Tensor, eps: float) -> None:
+    def normalisation(self, op: str, var: torch.Tensor, eps: float, n: int | None = None) -> None:
+        """Batch statistics of ``n`` elements go through ``protocols.moments.standardize``
+        (its domain depends on ``n``; any eps is exact); running statistics (``n = None``)
+        through ``inv_sqrt(running_var + eps)`` at scale ``f``."""
         d: Domain = DOMAINS["inv_sqrt"]
+        if n is not None:
+            lo, hi = standardize_domain(n, self.f)
+            d = Domain("standardize", lo, hi, where="protocols.moments.standardize")
+            eps = max(eps, 0.0)
+            v = var + eps
+            self._std_notes(op, d, var, v)
+            return
         eps_domain = DOMAINS["normalization_eps"]
         eps_ok = bool(eps_domain.inside(torch.tensor(eps, dtype=torch.float64)))
         if eps > 0 and not eps_ok:
@@ -272,7 +284,9 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 f"eps {eps:g} is outside {eps_domain.describe()}: below one fixed-point step "
                 f"2**-{self.f} it encodes as 0",
             )
-        v = var + (eps if eps_ok else 0.0)
+        self._std_notes(op, d, var, var + (eps if eps_ok else 0.0))
+
+    def _std_notes(self, op: str, d: Domain, var: torch.Tensor, v: torch.Tensor) -> None:
         std = var.clamp(min=0).sqrt()
         lo_v, hi_v = d.lo or 0.0, d.hi or math.inf
         if bool((v >= hi_v).any()):
@@ -281,7 +295,7 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 op,
                 "std-high",
                 top,
-                f"input std up to {top:.3g}: variance + eps leaves inv_sqrt's domain "
+                f"input std up to {top:.3g}: variance + eps leaves {d.name}'s domain "
                 f"{d.describe()} (std below {math.sqrt(hi_v):.3g})",
             )
         if bool((v < lo_v).any()):
@@ -290,7 +304,7 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 op,
                 "std-low",
                 -low,
-                f"input std down to {low:.3g}: variance + eps leaves inv_sqrt's domain "
+                f"input std down to {low:.3g}: variance + eps leaves {d.name}'s domain "
                 f"{d.describe()} (std at least {math.sqrt(lo_v):.3g})",
             )
 
@@ -303,9 +317,10 @@ class _Probe(TorchDispatchMode):  # type: ignore[no-untyped-call]
         if training or args[4] is None:
             dims = [0] + list(range(2, x.dim()))
             var = x.double().var(dim=dims, unbiased=False)
+            n = x.numel() // max(1, x.shape[1])
+            self.normalisation("batch_norm", var, eps, n)
         else:
-            var = args[4].double()
-        self.normalisation("batch_norm", var, eps)
+            self.normalisation("batch_norm", args[4].double(), eps)
 
 
 def _short(func: Any) -> str:

@@ -8,20 +8,23 @@ its mathematics once.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from crypten_lite.encoding import encode
-from crypten_lite.errors import UnsupportedOperationError
+from crypten_lite.encoding import SaturationWarning, encode, mask_limit, saturate_mask
+from crypten_lite.errors import EncodingError, UnsupportedOperationError
 from crypten_lite.party import Party
 from crypten_lite.protocols.sharing import share_public
 from crypten_lite.tensor import MPCTensor, _Alias, current_user_call
 
 __all__ = [
     "assign",
+    "encode_operand",
     "find_party",
     "float_dtype",
     "is_integral",
@@ -93,11 +96,63 @@ def frac_of(x: Any, party: Party) -> int:
     return 0
 
 
-def ring_of(x: Any, party: Party, frac: int | None = None) -> torch.Tensor:
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _op_name(mask_op: str | None) -> str:
+    call = current_user_call()
+    if call and mask_op:
+        return f"{mask_op} (called from {call})"
+    return call or mask_op or "an op"
+
+
+def encode_operand(
+    value: torch.Tensor, frac: int, party: Party, *, mask_op: str | None = None
+) -> torch.Tensor:
+    """Encode a public operand at ``frac`` fractional bits under the rule of
+    :mod:`crypten_lite.encoding`.
+
+    With ``mask_op`` (the name of a masking op: ``add``, ``where``, ``masked_fill``, ...)
+    floating values beyond ``2**(40 - f)``, ``±inf`` included, saturate to the sentinel
+    ``±2**(40 - f)`` with one :class:`~crypten_lite.encoding.SaturationWarning` per op and
+    process. Every other out-of-range value (and NaN) raises :class:`EncodingError` naming the
+    op. Public values are the same on every party, so every party raises (or saturates) alike.
+    """
+    name = _op_name(mask_op)
+    try:
+        if mask_op is not None:
+            value, changed = saturate_mask(value, party.frac_bits)
+            if changed:
+                with _WARNED_LOCK:
+                    first = mask_op not in _WARNED
+                    _WARNED.add(mask_op)
+                if first:
+                    warnings.warn(
+                        f"{name}: public values beyond ±{mask_limit(party.frac_bits):g} "
+                        f"(-inf, finfo.min, -1e9 masks) saturated to that sentinel; a softmax "
+                        "gives such masked positions probability 0 (warned once per op)",
+                        SaturationWarning,
+                        stacklevel=2,
+                    )
+        return encode(value, frac)
+    except EncodingError as exc:
+        hint = (
+            ""
+            if mask_op is not None
+            else "; only masking operands (add/sub, where, masked_fill, attention masks) saturate"
+        )
+        raise EncodingError(f"party {party.rank}: public operand of {name}: {exc}{hint}") from None
+
+
+def ring_of(
+    x: Any, party: Party, frac: int | None = None, *, mask_op: str | None = None
+) -> torch.Tensor:
     """This party's int64 share of operand ``x`` at ``frac`` fractional bits.
 
     Secrets are rescaled upward only (a left shift is exact and local); public operands are
-    encoded and held by party 0.
+    encoded (:func:`encode_operand`; ``mask_op`` names a masking op, whose operands saturate)
+    and held by party 0.
     """
     own = frac_of(x, party)
     frac = own if frac is None else frac
@@ -107,7 +162,7 @@ def ring_of(x: Any, party: Party, frac: int | None = None) -> torch.Tensor:
         return x._share << (frac - own) if frac != own else x._share
     value = public_of(x)
     assert value is not None
-    return share_public(encode(value, frac), party)
+    return share_public(encode_operand(value, frac, party, mask_op=mask_op), party)
 
 
 def logical_dtype(*xs: Any) -> torch.dtype:

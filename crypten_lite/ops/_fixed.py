@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from crypten_lite.encoding import encode
+from crypten_lite.encoding import decode, encode, mask_limit, max_representable
 from crypten_lite.ops._common import (
+    encode_operand,
     find_party,
     is_integral,
     logical_dtype,
@@ -51,16 +52,34 @@ def out_frac(dtype: torch.dtype, party: Party) -> int:
     return party.frac_bits if dtype.is_floating_point else 0
 
 
-def add_values(x: Any, y: Any, party: Party, alpha: Any = 1) -> MPCTensor:
-    """``x + alpha * y`` for any mix of operands (local: shares add, party 0 adds publics)."""
+def add_values(x: Any, y: Any, party: Party, alpha: Any = 1, *, mask_op: str = "add") -> MPCTensor:
+    """``x + alpha * y`` for any mix of operands (local: shares add, party 0 adds publics).
+
+    A public operand is a masking operand (additive attention masks): where its value lies
+    beyond ``2**(40 - f)`` (``finfo.min``, ``±inf``, ``-1e9``) the result is the sentinel
+    ``±2**(40 - f)`` itself, as float arithmetic absorbs a small addend into a huge one, with a
+    warning (:mod:`crypten_lite.encoding`); ``mask_op`` names the op in that warning. So a row
+    masked everywhere with ``finfo.min`` becomes constant and its softmax uniform, as in torch.
+    """
     if not (isinstance(alpha, (int, float)) and alpha == 1):
-        y = scale_value(y, alpha, party)
+        py = public_of(y) if not isinstance(y, MPCTensor) else None
+        # a plain public operand is scaled in plaintext: -finfo.min must not be encoded first
+        y = py * alpha if py is not None else scale_value(y, alpha, party)
     dtype = logical_dtype(x, y)
     px, py = public_of(x), public_of(y)
     if px is not None and py is not None:
         return wrap_public(torch.add(px, py).to(dtype), party, dtype)
     frac = out_frac(dtype, party)
-    return wrap(ring_of(x, party, frac) + ring_of(y, party, frac), party, dtype=dtype)
+    share = ring_of(x, party, frac, mask_op=mask_op) + ring_of(y, party, frac, mask_op=mask_op)
+    pub = px if px is not None else py
+    if pub is not None and pub.is_floating_point() and pub.numel():
+        limit = mask_limit(party.frac_bits)
+        over = pub.abs() > limit  # NaN raised in ring_of
+        if bool(over.any()):
+            sentinel = round(limit * (1 << frac)) if party.rank == 0 else 0
+            fill = torch.sign(pub).to(torch.int64) * sentinel
+            share = torch.where(over, fill, share)
+    return wrap(share, party, dtype=dtype)
 
 
 def neg_value(x: MPCTensor) -> MPCTensor:
@@ -124,6 +143,10 @@ def bilinear_values(
         secret, pub, public_first = y, px, True
     assert pub is not None
     fs = secret.frac_bits
+    if pub.is_floating_point() and pub.numel():
+        limit = max_representable(party.frac_bits)
+        if not bool(torch.isfinite(pub).all()) or float(pub.abs().max()) >= limit:
+            encode_operand(pub, party.frac_bits, party)  # raises, naming the op
     operand = _as_public_operand(pub)
     if isinstance(operand, int) or not operand.dtype.is_floating_point:
         if op == "mul":
@@ -215,12 +238,14 @@ def to_float(x: Any, party: Party) -> Any:
     return x
 
 
-def where_values(cond: Any, a: Any, b: Any) -> MPCTensor:
+def where_values(cond: Any, a: Any, b: Any, *, mask_op: str = "where") -> MPCTensor:
     """``cond ? a : b`` elementwise.
 
     A public condition selects shares (local). A secret one — 0/1 at scale 0 (a comparison
     result) or a float 0/1 — costs one Beaver product, ``b + cond * (a - b)``, with no
-    truncation when ``cond`` has scale 0.
+    truncation when ``cond`` has scale 0. Public ``a``/``b`` are masking operands (fill values
+    such as ``finfo.min`` or ``-inf`` saturate to ``±2**(40 - f)``, see
+    :mod:`crypten_lite.encoding`); ``mask_op`` names the op in the warning.
     """
     party = find_party(cond, a, b)
     dtype = logical_dtype(a, b)
@@ -228,9 +253,30 @@ def where_values(cond: Any, a: Any, b: Any) -> MPCTensor:
     c_pub = public_of(cond)
     if c_pub is not None:
         return wrap(
-            torch.where(c_pub.bool(), ring_of(a, party, frac), ring_of(b, party, frac)),
+            torch.where(
+                c_pub.bool(),
+                ring_of(a, party, frac, mask_op=mask_op),
+                ring_of(b, party, frac, mask_op=mask_op),
+            ),
             party,
             dtype=dtype,
         )
-    diff = add_values(a, b, party, -1)
-    return add_values(b, mul_values(cond, diff, party), party)
+    pa, pb = public_of(a), public_of(b)
+    if pa is not None and not isinstance(a, MPCTensor):
+        a = _saturated(pa, party, mask_op)
+    if pb is not None and not isinstance(b, MPCTensor):
+        b = _saturated(pb, party, mask_op)
+    diff = add_values(a, b, party, -1, mask_op=mask_op)
+    return add_values(b, mul_values(cond, diff, party), party, mask_op=mask_op)
+
+
+def _saturated(value: torch.Tensor, party: Party, mask_op: str) -> torch.Tensor:
+    """A plain masking operand with the saturation rule applied (as a public float tensor)."""
+    if not value.is_floating_point():
+        return value
+    return decode_public(encode_operand(value, party.frac_bits, party, mask_op=mask_op), party)
+
+
+def decode_public(ring: torch.Tensor, party: Party) -> torch.Tensor:
+    """The real value of an encoded public tensor (float64)."""
+    return decode(ring, party.frac_bits, torch.float64)

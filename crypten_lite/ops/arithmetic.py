@@ -160,10 +160,12 @@ def where_scalar_other(cond: Any, a: Any, b: Any) -> MPCTensor:
 
 @implements(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
 def masked_fill(x: MPCTensor, mask: Any, value: Any) -> MPCTensor:
-    """Fill where ``mask`` is set: share selection for a public mask, else a ``where``."""
-    return where_values(mask, value, x)
+    """Fill where ``mask`` is set: share selection for a public mask, else a ``where``. The
+    fill value is a masking operand: ``-inf``/``finfo.min`` saturate to ``-2**(40 - f)``
+    (:mod:`crypten_lite.encoding`), so a softmax gives those positions probability 0."""
+    return where_values(mask, value, x, mask_op="masked_fill")
 
 
 @implements(aten.masked_fill_.Scalar, aten.masked_fill_.Tensor)
 def masked_fill_(x: MPCTensor, mask: Any, value: Any) -> Any:
-    return assign(x, where_values(mask, value, x))
+    return assign(x, where_values(mask, value, x, mask_op="masked_fill"))

@@ -14,7 +14,10 @@ in MPC form:
   ``dQ = dS K * scale``, ``dK = dS^T Q * scale``.
 
 Masks must be public (a causal mask, or a boolean/additive ``attn_mask`` tensor). Masked scores
-are set to a large negative public value before the softmax (``-inf`` cannot be encoded).
+are set to the masking sentinel ``-2**(40 - f)`` (:mod:`crypten_lite.encoding`; ``-inf`` cannot
+be encoded) before the softmax, whose max subtraction and exp floor then give them exactly 0
+whatever the unmasked scores are; additive float masks with ``finfo.min`` entries saturate to
+the same sentinel, ``-inf`` entries are treated as boolean masks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crypten_lite.encoding import mask_limit
 from crypten_lite.ops._common import find_party, public_of, unsupported, wrap_public
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
@@ -32,14 +36,19 @@ aten = torch.ops.aten
 
 __all__ = ["MASKED_SCORE", "attention_math"]
 
-MASKED_SCORE = -64.0
-"""Score given to masked positions: far below any score the softmax must keep apart from it,
-and inside the approximations' domain (its exp weight is below 2**-92)."""
+MASKED_SCORE = -float(2**24)
+"""Score given to masked positions at ``f = 16``: the masking sentinel ``-2**(40 - f)``
+(:func:`crypten_lite.encoding.mask_limit`), far below any score the softmax must keep apart
+from it (a fixed -64 failed when every unmasked score was below -40)."""
 
 _PROBS = "attention:P"
 
 
-def _mask_scores(scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any) -> Any:
+def _mask_scores(
+    scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any
+) -> tuple[Any, torch.Tensor | None]:
+    """Masked scores, and the public rows that mask every key (``None`` if there are none):
+    torch's SDPA returns 0 for those rows (``-inf``/boolean masks), so the caller zeroes them."""
     L, S = q.shape[-2], k.shape[-2]
     keep: torch.Tensor | None = None
     if is_causal:
@@ -57,8 +66,11 @@ def _mask_scores(scores: Any, attn_mask: Any, is_causal: bool, q: Any, k: Any) -
             scores = scores + torch.where(finite, mask, torch.zeros_like(mask))
             keep = finite if keep is None else keep & finite
     if keep is not None:
-        scores = scores.masked_fill(~keep, MASKED_SCORE)
-    return scores
+        f = next((t.party.frac_bits for t in (scores, q, k) if isinstance(t, MPCTensor)), 16)
+        scores = scores.masked_fill(~keep, -mask_limit(f))
+        dead = ~keep.any(-1, keepdim=True)
+        return scores, (dead if bool(dead.any()) else None)
+    return scores, None
 
 
 def attention_math(
@@ -74,8 +86,10 @@ def attention_math(
     called outside the dispatch table)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
-    scores = _mask_scores(scores, attn_mask, is_causal, q, k)
+    scores, dead = _mask_scores(scores, attn_mask, is_causal, q, k)
     probs = torch.softmax(scores, dim=-1)
+    if dead is not None:  # rows with every key masked: 0, as torch's SDPA (public, local)
+        probs = probs.masked_fill(dead, 0.0)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p, training=True)
     return probs @ v, probs

@@ -32,7 +32,7 @@ def test_documented_errors_hold_inside_the_domain_and_exits_are_flagged(
                 a.view(-1, 47)[:, :8].softmax(-1)
             with cl.debug(validate=True) as bad:
                 b.exp()
-                a.view(1, -1).softmax(-1)
+                a.view(1, -1).repeat(1, 24).softmax(-1)
             return good, bad
 
     for good, bad in run_parties(body, world_size):  # every party reaches the same verdicts
@@ -47,7 +47,7 @@ def test_documented_errors_hold_inside_the_domain_and_exits_are_flagged(
         assert len(notes) == 2, str(bad)
         assert "2 of 3 arguments outside exp's domain" in notes[0]
         assert DOMAINS["exp"].describe() in notes[0]
-        assert "rows of 47" in notes[1]
+        assert "rows of 1128" in notes[1]
         assert "outside their documented domain" in str(bad)
 
 
