@@ -58,7 +58,7 @@ def test_readme_block_is_up_to_date(script: ModuleType) -> None:
 
 
 # Core aten coverage can only go up: raise this floor when an op is added (never lower it).
-CORE_COVERAGE_FLOOR = 156
+CORE_COVERAGE_FLOOR = 160
 
 
 def test_core_aten_coverage_only_goes_up(script: ModuleType) -> None:
