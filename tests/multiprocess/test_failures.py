@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 import crypten_lite
 from crypten_lite.config import Config
@@ -16,6 +17,13 @@ from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolErr
 from crypten_lite.launcher.api import launch
 from crypten_lite.launcher.security import rank_name
 from crypten_lite.wire import encode_header
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -129,6 +137,17 @@ def test_malformed_frames_raise_protocol_error_and_the_socket_survives() -> None
     assert seen[-1] == "[7, 8]"
 
 
+def _wait_handshake_outcome(monitor: zmq.Socket[bytes], bound_s: float = 30.0) -> None:
+    """Read socket events until the handshake's outcome (a bound for broken runs only)."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        if monitor.poll(50):
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            if event & (_HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED):
+                return
+    raise AssertionError("no handshake outcome within the bound")
+
+
 def rogue_clients() -> dict[str, int]:
     """Party 1 plays an attacker without the secret against party 0's CURVE socket."""
     party = crypten_lite.get_party()
@@ -143,14 +162,17 @@ def rogue_clients() -> dict[str, int]:
         ]
         ctx = zmq.Context()
         plain = ctx.socket(zmq.PUSH)  # no CURVE at all
-        plain.connect(endpoint)
-        plain.send_multipart(forged)
         own_keys = ctx.socket(zmq.PUSH)  # CURVE with a key pair not derived from the secret
         own_keys.curve_publickey, own_keys.curve_secretkey = zmq.curve_keypair()
         own_keys.curve_serverkey = server_key
-        own_keys.connect(endpoint)
-        own_keys.send_multipart(forged)
-        time.sleep(1.5)  # ample time for a forged message to arrive first, were it admitted
+        monitors = [sock.get_monitor_socket() for sock in (plain, own_keys)]
+        for sock in (plain, own_keys):
+            sock.connect(endpoint)
+            sock.send_multipart(forged)
+        # Wait for each handshake's outcome (the event), so a forged message, were it admitted,
+        # would have gone out before the real one below.
+        for monitor in monitors:
+            _wait_handshake_outcome(monitor)
         comm.send(0, torch.tensor([42]), "x")
         comm.barrier()
         ctx.destroy(linger=0)
