@@ -107,6 +107,26 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert expected in err
 
 
+def test_a_secret_file_readable_by_others_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("s" * 32)
+    key.chmod(0o644)
+    argv = ["launch", "--rank", "1", "--world-size", "2", "--coordinator", "127.0.0.1:1"]
+    argv += ["--secret-file", str(key), str(REPO / "examples" / "hello_exchange.py")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has mode 0644" in err and "chmod 600" in err, err
+
+
+def test_the_secret_command_writes_mode_0600(tmp_path: Path) -> None:
+    key = tmp_path / "session.key"
+    assert main(["secret", str(key)]) == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert main(["secret", str(key)]) == 2  # never overwrites
+
+
 def test_busy_coordinator_port_is_one_line_and_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

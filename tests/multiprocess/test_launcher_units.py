@@ -3,6 +3,7 @@ environment parsing and ``launch()`` argument checks. No child processes, so the
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -75,7 +76,36 @@ def test_short_or_missing_secrets_are_refused(tmp_path: Any) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_secret(path=tmp_path / "missing", value=None)
     (tmp_path / "key").write_text(" " + "k" * 20 + "\n")
+    (tmp_path / "key").chmod(0o600)
     assert load_secret(path=tmp_path / "key", value=None) == b"k" * 20
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o606])
+def test_a_secret_file_others_can_access_is_refused_unless_allowed(
+    tmp_path: Any, mode: int
+) -> None:
+    """As ssh does for a private key: anyone who can read the file can join the session."""
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    key.chmod(mode)
+    with pytest.raises(ConfigurationError, match=rf"mode {mode:04o}.*chmod 600"):
+        load_secret(path=key, value=None)
+    assert load_secret(path=key, value=None, allow_shared_file=True) == b"k" * 32
+    key.chmod(0o400)
+    assert load_secret(path=key, value=None) == b"k" * 32
+
+
+def test_the_secret_reaches_a_child_through_a_pipe_once(tmp_path: Any) -> None:
+    """``CRYPTEN_LITE_SECRET_FD``: read once (the pipe is consumed), remembered afterwards."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, SECRET)
+    os.close(write_end)
+    env = {"RANK": "0", "WORLD_SIZE": "2", "CRYPTEN_LITE_COORDINATOR": "ipc:///x"}
+    process = ProcessEnv.from_env({**env, "CRYPTEN_LITE_SECRET_FD": str(read_end)})
+    assert process.load_secret() == SECRET
+    assert process.load_secret() == SECRET
+    with pytest.raises(OSError):
+        os.fstat(read_end)  # closed after reading
 
 
 # ----------------------------------------------------------------- rendezvous
