@@ -194,3 +194,30 @@ def test_rogue_clients_without_the_secret_cannot_inject_over_tcp() -> None:
     )[0]
     assert result["value"] == 42  # the real message, not the forged 666
     assert result["denied"] >= 1  # the ZAP handler refused the foreign key
+
+
+def flood_ahead() -> None:
+    """Party 1 runs ahead of the protocol with 512 KiB messages for party 0, which waits for
+    party 2 (who waits too): party 0 may hold only ``max_message_bytes`` of them."""
+    party = crypten_lite.get_party()
+    comm = party.comm
+    if party.rank == 1:
+        for _ in range(8):
+            comm.send(0, torch.zeros(1 << 16, dtype=torch.int64), "flood")
+    comm.recv(2 if party.rank == 0 else 0, "never.sent")
+
+
+def test_a_peer_past_its_byte_bound_ends_the_session_with_a_clear_error() -> None:
+    with pytest.raises(PartyFailedError) as info:
+        launch(
+            flood_ahead,
+            3,
+            dealer=False,
+            config=Config(timeout_s=60.0, max_message_bytes=1 << 20),
+            timeout_s=120.0,
+            quiet=True,
+        )
+    message = str(info.value)
+    assert "party 0 failed" in message
+    assert re.search(r"party 0: party 1 sent \d+ bytes ahead of the protocol", message), message
+    assert f"bound of {1 << 20} bytes queued per peer" in message
