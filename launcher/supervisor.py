@@ -163,13 +163,14 @@ class Supervisor:
         pipe.close()
 
     def _start(self, spec: ChildSpec) -> _Child:
-        env, pass_fds = spec.env, ()
+        env = spec.env
+        pass_fds: tuple[int, ...] = ()
         if spec.secret is not None:
             # A pipe holds the secret: 64 bytes fit its buffer, so the write cannot block, and
             # the child's read ends at EOF because this end is closed before it starts.
             read_end, write_end = os.pipe()
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(spec.secret)
+            with os.fdopen(write_end, "wb") as secret_pipe:
+                secret_pipe.write(spec.secret)
             env, pass_fds = {**env, ENV_SECRET_FD: str(read_end)}, (read_end,)
         try:
             proc = subprocess.Popen(
