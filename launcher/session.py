@@ -166,6 +166,7 @@ def private_run_dir() -> Iterator[Path]:
     try:
         janitor = subprocess.Popen(
             [sys.executable, "-I", "-c", _JANITOR, str(path)],
+            env={},  # needs nothing; and no session variable makes it look like a party
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
