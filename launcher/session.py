@@ -34,6 +34,7 @@ the directories of launchers that are dead, in case the janitor was killed too.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -81,6 +82,7 @@ _MAX_RUN_DIR_CHARS = 80
 
 
 _RUN_DIR_PREFIX = "crypten-lite-"
+_LOCK = ".lock"
 _RUN_DIR_NAME = re.compile(r"crypten-lite-(\d+)-")
 
 # The janitor: blocks on its stdin, a pipe whose only writer is the launcher, so it wakes up
@@ -110,11 +112,30 @@ def _temp_roots() -> list[Path]:
     return list(dict.fromkeys([Path(tempfile.gettempdir()), Path("/tmp")]))
 
 
+def _lock_is_free(path: Path) -> bool:
+    """Whether nobody holds the run directory's ``.lock`` (absent: nobody ever took it)."""
+    try:
+        fd = os.open(path / _LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return True
+
+
 def sweep_stale_run_dirs() -> list[Path]:
     """Remove this user's run directories whose launcher (the pid in the name) is dead.
 
-    A reused pid keeps a stale directory until that process exits too: the sweep errs on the
-    side of leaving a directory. Returns the directories removed.
+    Two tests, both conservative: the pid must name no process (a reused pid keeps a stale
+    directory until that process exits too), and the directory's ``.lock`` must be free — a
+    live launcher in another pid namespace sharing this temporary directory holds its lock, so
+    its directory is never taken for stale. Returns the directories removed.
     """
     removed = []
     for root in _temp_roots():
@@ -131,7 +152,7 @@ def sweep_stale_run_dirs() -> list[Path]:
                     continue
             except OSError:
                 continue
-            if not _pid_alive(int(match.group(1))):
+            if not _pid_alive(int(match.group(1))) and _lock_is_free(entry):
                 remove_run_dir(entry)
                 removed.append(entry)
     return removed
@@ -163,7 +184,11 @@ def private_run_dir() -> Iterator[Path]:
     sweep_stale_run_dirs()
     path = make_run_dir()
     janitor: subprocess.Popen[bytes] | None = None
+    lock = -1
     try:
+        # Held until this launcher exits (the kernel drops it even after kill -9).
+        lock = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         janitor = subprocess.Popen(
             [sys.executable, "-I", "-c", _JANITOR, str(path)],
             env={},  # needs nothing; and no session variable makes it look like a party
@@ -175,6 +200,8 @@ def private_run_dir() -> Iterator[Path]:
         yield path
     finally:
         remove_run_dir(path)
+        if lock >= 0:
+            os.close(lock)
         if janitor is not None:
             assert janitor.stdin is not None
             janitor.stdin.close()  # EOF: the janitor finds the directory gone and exits

@@ -9,6 +9,7 @@ only so that a broken build fails instead of hanging.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -102,6 +103,24 @@ def test_the_next_launch_sweeps_directories_of_dead_launchers() -> None:
     finally:
         for path in (stale, mine):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_locked_directory_is_never_swept() -> None:
+    """A launcher in another pid namespace looks dead by its pid, but holds its lock."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    elsewhere = Path(tempfile.mkdtemp(prefix=f"crypten-lite-{dead.pid}-"))
+    fd = os.open(elsewhere / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert elsewhere not in sweep_stale_run_dirs() and elsewhere.exists()
+        os.close(fd)  # that launcher exits: its lock is free, the directory is stale now
+        fd = -1
+        assert elsewhere in sweep_stale_run_dirs() and not elsewhere.exists()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 def test_a_private_run_dir_is_removed_on_exit_and_names_its_launcher() -> None:
