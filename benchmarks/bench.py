@@ -20,6 +20,8 @@ Groups and ownership (as the peer):
   unmodified ``torch.nn`` model runs on it. Rows ``*_reuse`` are an **extra** without a CrypTen
   counterpart: the same model with ``crypten_lite.nn.reuse_weight_masks`` (the weights' Beaver
   masks are opened once in the untimed set-up, as a server does for its first batch).
+  ``lstm_b16`` is an extra too: a 1-layer ``nn.LSTM`` (hidden 128, sequence 32, batch 16),
+  also with ``_reuse``.
 * ``training``: ``logreg`` (100 SGD steps, batch 100, lr 1.0, ``BCEWithLogitsLoss``) and
   ``mlp_train`` (5 steps on one batch of 64, lr 0.1, ``CrossEntropyLoss`` with one-hot encrypted
   targets), model from party 0, data and labels from party 1, unmodified ``torch.optim.SGD`` on
@@ -376,6 +378,45 @@ class Inference(Timed):
         return row
 
 
+class _LSTMOutput(torch.nn.Module):
+    """``nn.LSTM`` returning its output sequence only (``(T, B, H)``)."""
+
+    def __init__(self, lstm: torch.nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0]  # type: ignore[no-any-return]
+
+
+class LSTMInference(Inference):
+    """Extra (no CrypTen counterpart; the peer's ``workloads.py`` has no LSTM): ``lstm_b16``, a
+    1-layer ``nn.LSTM`` (input 128, hidden 128) over a sequence of 32 steps, batch 16; weights
+    from party 0 (seeded like the peer's models, ``W.seeded_model``, offset 50), input
+    ``N(0, 1)`` from party 1 (``W.gen(60)``). Reports the error of the whole output sequence."""
+
+    SEQ, BATCH, INPUT, HIDDEN = 32, 16, 128, 128
+
+    def __init__(self, reuse_masks: bool = False) -> None:
+        self.base = "lstm_b16"
+        self.name = "lstm_b16_reuse" if reuse_masks else "lstm_b16"
+        self.reuse_masks = reuse_masks
+        self.extra = True
+
+    @property
+    def desc(self) -> str:
+        extra = ", reuse_weight_masks" if self.reuse_masks else ""
+        return f"nn.LSTM({self.INPUT}, {self.HIDDEN}), seq {self.SEQ}, batch {self.BATCH}{extra}"
+
+    def model_and_input(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        model = W.seeded_model(lambda: _LSTMOutput(torch.nn.LSTM(self.INPUT, self.HIDDEN)), 50)
+        x = torch.randn(self.SEQ, self.BATCH, self.INPUT, generator=W.gen(60))
+        return model, x
+
+    def check(self, party: Party, out: Out, state: Any) -> dict[str, Any]:
+        return errors(reveal_exact(party, out), state[2])
+
+
 # --------------------------------------------------------------------------- training
 class Training:
     """SGD training of ``workloads.LOGREG`` or ``MLP_TRAIN`` with unmodified torch code."""
@@ -503,6 +544,8 @@ WORKLOADS: dict[str, Any] = {
     **{m.name: m for m in MICRO},
     **{n: Inference(n) for n in ("mlp_b1", "mlp_b64", "lenet_b1", "lenet_b64")},
     **{f"{n}_reuse": Inference(n, reuse_masks=True) for n in ("mlp_b64", "lenet_b64")},
+    "lstm_b16": LSTMInference(),
+    "lstm_b16_reuse": LSTMInference(reuse_masks=True),
     "logreg": Training("logreg"),
     "mlp_train": Training("mlp_train"),
 }

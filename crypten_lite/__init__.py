@@ -38,6 +38,8 @@ _LAZY = {
     "CheckReport": "crypten_lite.check",
     "check_model": "crypten_lite.check",
     "debug": "crypten_lite.debug",
+    "Generation": "crypten_lite.generation",
+    "generate": "crypten_lite.generation",
     "cryptensor": "crypten_lite.encrypted",
     "decrypt_module": "crypten_lite.encrypted",
     "encrypt_module": "crypten_lite.encrypted",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:
         load_from_party,
         save,
     )
+    from crypten_lite.generation import Generation, generate
     from crypten_lite.profiling import profile
     from crypten_lite.tensor import MPCTensor, is_encrypted, ptype
 
@@ -103,6 +106,7 @@ __all__ = [
     "ConfigurationError",
     "CryptenLiteError",
     "EncodingError",
+    "Generation",
     "LaunchError",
     "MPCTensor",
     "PartyFailedError",
@@ -117,6 +121,7 @@ __all__ = [
     "debug",
     "decrypt_module",
     "encrypt_module",
+    "generate",
     "get_party",
     "init",
     "is_encrypted",

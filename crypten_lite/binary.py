@@ -55,6 +55,11 @@ class BinaryMPCTensor:
         return self._share.shape
 
     @property
+    def device(self) -> torch.device:
+        """Where the share lives (the CPU, as for :class:`MPCTensor`)."""
+        return self._share.device
+
+    @property
     def ptype(self) -> ptype:
         return ptype.binary
 
@@ -73,6 +78,12 @@ class BinaryMPCTensor:
             f"BinaryMPCTensor(shape={tuple(self.shape)}, encoding=XOR words f={self._frac}, "
             f"party {self._party.rank}/{self._party.world_size})"
         )
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        # Shape and encoding only, whatever the format spec: printing never opens a secret.
+        return self.__repr__()
 
     def __bool__(self) -> bool:
         raise SecretLeakError(

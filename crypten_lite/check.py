@@ -6,6 +6,12 @@ and send no messages, but go through the same dispatch table as real encrypted t
 aten op without an MPC implementation, every call with unsupported arguments and every attempt to
 read a secret (``bool()``, ``.item()``) is recorded instead of raised, so the report lists all of
 them at once, each with the user-level call that produced it.
+
+With ``domain=True`` (the default) the model also runs once in plaintext on the example input,
+and the report lists every place where values leave a protocol's documented domain or the
+ring's headroom (:mod:`crypten_lite.domain_report`, reading the table of
+:mod:`crypten_lite.protocols.domains`): ``report.domain``. ``report.ok`` still means "every op
+is supported"; ``report.numerics_ok`` means the example input stays inside every domain.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any
 import torch
 
 import crypten_lite.ops  # noqa: F401 - fills the op table
+from crypten_lite.config import config_from_env
+from crypten_lite.domain_report import DomainIssue, domain_report
 from crypten_lite.tensor import FakeSession, MPCTensor, fake_mode
 
-__all__ = ["CheckReport", "Gap", "check_model"]
+__all__ = ["CheckReport", "DomainIssue", "Gap", "check_model"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +50,21 @@ class Gap:
 
 @dataclass
 class CheckReport:
-    """The result of :func:`check_model`: ``ok`` when ``gaps`` is empty."""
+    """The result of :func:`check_model`: ``ok`` when ``gaps`` is empty; ``domain`` lists
+    where the plaintext run on the example input leaves a documented domain."""
 
     gaps: list[Gap] = field(default_factory=list)
+    domain: list[DomainIssue] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """Every op the model needs is supported on encrypted tensors."""
         return not self.gaps
+
+    @property
+    def numerics_ok(self) -> bool:
+        """The example input keeps every value inside the documented domains and headroom."""
+        return not self.domain
 
     @property
     def ops(self) -> list[str]:
@@ -57,9 +73,16 @@ class CheckReport:
 
     def __str__(self) -> str:
         if self.ok:
-            return "check_model: every op is supported on encrypted tensors"
-        lines = [f"check_model: {len(self.ops)} unsupported op(s):"]
-        lines += [f"  {g}" for g in self.gaps]
+            lines = ["check_model: every op is supported on encrypted tensors"]
+        else:
+            lines = [f"check_model: {len(self.ops)} unsupported op(s):"]
+            lines += [f"  {g}" for g in self.gaps]
+        if self.domain:
+            lines.append(
+                f"check_model: {len(self.domain)} place(s) outside a documented domain "
+                "(on the example input):"
+            )
+            lines += [f"  {d}" for d in self.domain]
         return "\n".join(lines)
 
 
@@ -92,6 +115,8 @@ def check_model(
     encrypt_input: bool = True,
     backward: bool = True,
     frac_bits: int = 16,
+    domain: bool = True,
+    truncation: str | None = None,
 ) -> CheckReport:
     """List every unsupported op the model needs on encrypted data, in one run.
 
@@ -103,6 +128,11 @@ def check_model(
         encrypt_input: run with encrypted inputs (else plaintext inputs).
         backward: also run ``output.sum().backward()`` to check the gradient ops.
         frac_bits: the precision the fake tensors pretend to have.
+        domain: also run the model in plaintext on the example input and list where values
+            leave a protocol's domain or the ring's headroom (``report.domain``).
+        truncation: the truncation method to account for (default: the environment's,
+            ``CRYPTEN_LITE_TRUNCATION``); with ``local`` the report lists modules whose
+            products expect at least ``1e-6`` local truncation failures per pass.
 
     Returns:
         A :class:`CheckReport`; ``print(report)`` lists the gaps with the calls they came from.
@@ -122,4 +152,12 @@ def check_model(
         except Exception as exc:  # noqa: BLE001 - reported, not raised: the point is a list
             session.record("error", f"{type(exc).__name__}: {exc}")
     report.gaps = [Gap(op, detail) for op, detail in session.gaps]
+    if domain:
+        method = config_from_env().truncation if truncation is None else truncation
+        try:
+            report.domain = domain_report(model, inputs, frac_bits=frac_bits, truncation=method)
+        except Exception as exc:  # noqa: BLE001 - reported: the fake run may have listed why
+            report.domain = [
+                DomainIssue(type(model).__name__, "model", "plaintext run", f"{exc!r}")
+            ]
     return report

@@ -217,10 +217,12 @@ class Communicator(ABC):
     def _send_one(self, dst: int, tensor: torch.Tensor, tag: str) -> None:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{self.me}: can only send torch tensors, got {type(tensor).__name__}")
-        seq = self._sent_seq.get(dst, 0)
-        self._sent_seq[dst] = seq + 1
-        header = encode_header(self.rank, seq, tag, tensor.dtype, tuple(tensor.shape))
+        # Build the payload and header before taking a sequence number: if either raises, the
+        # message was never sent and this party's numbering still matches its peers'.
         payload = tensor_payload(tensor)
+        seq = self._sent_seq.get(dst, 0)
+        header = encode_header(self.rank, seq, tag, tensor.dtype, tuple(tensor.shape))
+        self._sent_seq[dst] = seq + 1
         self._post(dst, header, payload)
         self.stats._on_send(tag, payload.nbytes, len(header))
 

@@ -11,7 +11,7 @@ Environment variables (all optional):
 ``CRYPTEN_LITE_RENDEZVOUS_TIMEOUT``  seconds to wait for all parties to arrive (default 60)
 ``CRYPTEN_LITE_TRANSPORT``      ``ipc`` or ``tcp`` between processes (default ``ipc``)
 ``CRYPTEN_LITE_DEALER``         ``ttp`` (dealer process) or ``tfp`` (party 0, tests only)
-``CRYPTEN_LITE_TRUNCATION``     ``auto``, ``local`` (2 parties only) or ``dealer``
+``CRYPTEN_LITE_TRUNCATION``     ``auto`` (= ``dealer``, exact), ``dealer`` or ``local`` (2 parties, opt-in)
 ``CRYPTEN_LITE_MAX_MESSAGE_BYTES``  largest frame a party accepts (default 4 GiB)
 ==============================  =========================================================
 """
@@ -45,8 +45,10 @@ class Config:
         rendezvous_timeout_s: seconds the launcher waits for every party to arrive.
         transport: ``inproc`` (threads, tests), ``ipc`` (same host) or ``tcp``.
         dealer: ``ttp`` (a separate dealer process) or ``tfp`` (party 0 deals; insecure).
-        truncation: ``local`` (2 parties, no messages, probabilistic), ``dealer`` (one round,
-            any N) or ``auto`` (``local`` for 2 parties, ``dealer`` otherwise).
+        truncation: ``dealer`` (one round, any N, exact: no failure probability), ``local``
+            (2 parties, no messages, fails with probability ``|x| / 2**64`` per element: an
+            explicit speed opt-in) or ``auto`` (``dealer`` for every N; see
+            :mod:`crypten_lite.protocols.truncation` for the failure accounting at model scale).
         max_message_bytes: frames announcing more payload than this are refused.
     """
 

@@ -7,10 +7,19 @@ with ``raise_on_failure=True`` a :class:`ValidationError` is raised at once), wh
 where a model's encrypted result drifts from the plaintext one: a fixed-point overflow, an
 approximation used outside its domain, a wrong protocol.
 
-Bounds: ``atol + rtol * |expected|`` elementwise, by op family — exact data movement and sums
-(a few ulps), products (ulps scaled by the contraction length), approximations (``1e-2`` absolute
-and relative). Random ops (dropout masks) are not checked. Each party runs the same checks (the
-openings are collective), so use it in a test session on every party.
+Bounds, elementwise: an approximation listed in :data:`crypten_lite.protocols.domains.DOMAINS`
+(``exp``, ``log``, ``reciprocal``, division by a secret, ``sqrt``, ``rsqrt``, ``sigmoid``,
+``tanh``, ``erf``, ``gelu``, ``silu``, ``softmax``, ``log_softmax``, ``sin``, ``cos``) is held
+to its documented error there (``abs_error + abs_ulps * 2**-f + rel_error * |expected|``) plus
+one ulp for the result's own rounding; when its argument leaves the documented domain the check
+says so (``OpCheck.note``, :attr:`DebugReport.outside_domain`) whatever the error. Other ops by
+family: exact data movement and sums (a few ulps), products (ulps scaled by the contraction
+length), other composites (``2e-2`` absolute and relative). Random ops (dropout masks) are not
+checked. Each party runs the same checks (the openings are collective), so use it in a test
+session on every party.
+
+This is a debugging mode: revealing every intermediate value to every party is exactly what a
+private run must never do; never leave it on with real data.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from crypten_lite.errors import CryptenLiteError
+from crypten_lite.protocols.domains import DOMAINS, Domain, allowed_error
 from crypten_lite.tensor import _OPS, MPCTensor, OpOverload, current_user_call, observe
 
 __all__ = ["DebugReport", "OpCheck", "ValidationError", "debug"]
@@ -46,6 +56,25 @@ _FAMILY_BOUNDS = {
     "losses": _APPROX,
     "nonlinear": _APPROX,
     "attention": _APPROX,
+}
+# aten ops held to a documented error of the domain table (argument 0 is the checked input,
+# except for a division, whose divisor is).
+_DOCUMENTED = {
+    aten.exp.default: "exp",
+    aten.log.default: "log",
+    aten.reciprocal.default: "reciprocal",
+    aten.div.Tensor: "div",
+    aten.sqrt.default: "sqrt",
+    aten.rsqrt.default: "inv_sqrt",
+    aten.sigmoid.default: "sigmoid",
+    aten.tanh.default: "tanh",
+    aten.erf.default: "erf",
+    aten.gelu.default: "gelu",
+    aten.silu.default: "silu",
+    aten._softmax.default: "softmax",
+    aten._log_softmax.default: "log_softmax",
+    aten.sin.default: "sin",
+    aten.cos.default: "cos",
 }
 _RANDOM = {
     aten.bernoulli_.float,
@@ -70,11 +99,16 @@ class OpCheck:
     max_error: float
     bound: float
     ok: bool
+    note: str = ""
 
     def __str__(self) -> str:
         where = f" (from {self.call})" if self.call else ""
         verdict = "ok" if self.ok else "EXCEEDS BOUND"
-        return f"{self.op}{where}: max error {self.max_error:.3g}, bound {self.bound:.3g} {verdict}"
+        note = f" [{self.note}]" if self.note else ""
+        return (
+            f"{self.op}{where}: max error {self.max_error:.3g}, bound {self.bound:.3g} "
+            f"{verdict}{note}"
+        )
 
 
 @dataclass
@@ -92,11 +126,19 @@ class DebugReport:
     def ok(self) -> bool:
         return self.first_failure is None
 
+    @property
+    def outside_domain(self) -> list[OpCheck]:
+        """The checked approximations whose argument left the documented domain."""
+        return [c for c in self.checks if c.note]
+
     def __str__(self) -> str:
         bad = self.first_failure
         head = f"debug: {len(self.checks)} ops checked, " + (
             "all within bounds" if bad is None else f"first failure: {bad}"
         )
+        outside = self.outside_domain
+        if outside:
+            head += f"; {len(outside)} outside their documented domain, first: {outside[0]}"
         return head
 
     # ----------------------------------------------------------------- observer protocol
@@ -122,10 +164,12 @@ class DebugReport:
         entry = _OPS.get(func)
         family = entry.family if entry is not None else "arithmetic"
         atol_ulps, rtol = _FAMILY_BOUNDS.get(family, _PRODUCT)
-        ulp = 2.0 ** -_frac_of((args, kwargs))
+        frac = _frac_of((args, kwargs))
+        ulp = 2.0**-frac
         atol = atol_ulps * ulp * _contraction(func, args)
         if rtol >= _APPROX[1]:
             atol += _APPROX_ATOL
+        domain, note = _documented(func, args, plain_args)
         worst, bound, ok = 0.0, atol, True
         for g, e in zip(tree_flatten(got)[0], tree_flatten(expected)[0], strict=False):
             if not (isinstance(g, torch.Tensor) and isinstance(e, torch.Tensor)):
@@ -137,7 +181,10 @@ class DebugReport:
             if not bool(finite.any()):
                 continue
             err = (g64[finite] - e64[finite]).abs()
-            allowed = atol + rtol * e64[finite].abs()
+            if domain is not None:  # the documented error, plus the result's own rounding
+                allowed = allowed_error(domain, e64[finite], frac) + ulp
+            else:
+                allowed = atol + rtol * e64[finite].abs()
             excess = err - allowed
             i = int(excess.argmax())
             if ok and float(excess[i]) > 0:
@@ -145,7 +192,7 @@ class DebugReport:
             elif ok:
                 worst = max(worst, float(err.max()))
                 bound = max(bound, float(allowed.max()))
-        check = OpCheck(str(func), call, worst, bound, ok)
+        check = OpCheck(str(func), call, worst, bound, ok, note)
         self.checks.append(check)
         if not check.ok and self.raise_on_failure:
             raise ValidationError(f"debug(validate=True): {check}")
@@ -162,6 +209,38 @@ def _reveal_tree(tree: Any) -> Any:
         return x
 
     return tree_map(one, tree)
+
+
+def _documented(
+    func: OpOverload, args: tuple[Any, ...], plain_args: tuple[Any, ...]
+) -> tuple[Domain | None, str]:
+    """The domain-table row ``func`` is held to, and a note if its argument leaves it."""
+    name = _DOCUMENTED.get(func)
+    if name is None:
+        return None, ""
+    index = 0
+    if name == "div":
+        # Only a division by a secret runs the reciprocal protocol; by a public value it is a
+        # product (family bound).
+        if len(args) < 2 or not isinstance(args[1], MPCTensor):
+            return None, ""
+        index = 1
+    domain = DOMAINS[name]
+    x = plain_args[index] if len(plain_args) > index else None
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+        return domain, ""
+    if domain.max_row is not None:
+        dim = int(plain_args[1]) if len(plain_args) > 1 else -1
+        n = x.shape[dim] if x.dim() else 1
+        if n > domain.max_row:
+            return domain, f"{name} over rows of {n}, documented for {domain.describe()}"
+    outside = ~domain.inside(x.detach().double())
+    if bool(outside.any()):
+        return domain, (
+            f"{int(outside.sum())} of {x.numel()} arguments outside {name}'s domain "
+            f"{domain.describe()}"
+        )
+    return domain, ""
 
 
 def _frac_of(tree: Any) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 import crypten_lite.binary  # noqa: F401 - registers the A2B conversion
 import crypten_lite.ops  # noqa: F401 - fills the op table
 from crypten_lite.api import get_party
-from crypten_lite.errors import ConfigurationError
+from crypten_lite.errors import ConfigurationError, EncodingError, ProtocolError
 from crypten_lite.party import Party
 from crypten_lite.protocols.sharing import share
 from crypten_lite.tensor import MPCTensor, is_encrypted, ptype
@@ -59,23 +59,31 @@ def cryptensor(
 
     Args:
         tensor: real numbers (any float or integer dtype), encoded with ``f`` fractional bits.
+            An invalid ``tensor`` on ``src`` fails on every party (``EncodingError`` on the
+            others) when the shape is broadcast; see ``protocols.sharing.share`` for ``shape``.
         requires_grad: make the result an autograd leaf that requires grad.
         ptype: ``ptype.binary`` returns a XOR-shared ``BinaryMPCTensor`` instead.
 
     Returns:
         An :class:`~crypten_lite.tensor.MPCTensor` (float32 logical dtype).
+
+    Raises:
+        EncodingError: ``src``'s value cannot be encoded (NaN, infinite, ``|x| >= 2**(63-f)``),
+            naming ``cryptensor``. Without ``shape`` every party raises (the shape announcement
+            carries the failure). With ``shape`` no message is exchanged, so only ``src`` raises
+            and the others learn it from the supervisor (the launcher, ``run_threads``), which
+            stops them with :class:`~crypten_lite.errors.PartyFailedError`.
     """
     party = party or get_party()
-    value = None
-    if party.rank == src:
-        if tensor is None:
-            raise ValueError(f"party {party.rank}: the source party of cryptensor() needs a tensor")
-        value = torch.as_tensor(tensor).detach()
-        if value.dtype == torch.bool:
-            value = value.to(torch.int64)
-        if value.is_floating_point():
-            value = value.to(torch.float64)
-    ring = share(value, src, party, shape=shape)
+    # share() checks src's input (None, a ragged list, NaN, an encrypted tensor...) and, when it
+    # is invalid, makes every party raise, not only src.
+    try:
+        ring = share(tensor if party.rank == src else None, src, party, shape=shape)
+    except EncodingError as exc:
+        detail = str(exc).split(": ", 1)[1] if str(exc).startswith("party ") else str(exc)
+        raise EncodingError(
+            f"party {party.rank}: cryptensor (input of party {src}): {detail}"
+        ) from None
     out = MPCTensor(ring, party, requires_grad=requires_grad)
     if ptype == _PType.binary:
         return out.to_binary()
@@ -86,37 +94,165 @@ def _is_float(t: torch.Tensor) -> bool:
     return t.is_floating_point()
 
 
-def encrypt_module(module: torch.nn.Module, src: int = 0, *, party: Party | None = None) -> Any:
+PublicSpec = Iterable[str] | Callable[[str, torch.Tensor], bool] | None
+
+
+def _public_names(
+    module: torch.nn.Module, public: PublicSpec, nonpersistent_public: bool, party: Party
+) -> set[str]:
+    """Qualified names (``layers.0.self_attn.rotary_emb.inv_freq``) of the tensors kept public."""
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    tensors.update(module.named_buffers(remove_duplicate=False))
+    chosen: set[str] = set()
+    if nonpersistent_public:
+        for prefix, sub in module.named_modules(remove_duplicate=False):
+            for name in sub._non_persistent_buffers_set:
+                chosen.add(f"{prefix}.{name}" if prefix else name)
+    if callable(public):
+        chosen.update(name for name, t in tensors.items() if public(name, t))
+    elif public is not None:
+        if isinstance(public, str):
+            public = [public]
+        names = set(public)
+        unknown = sorted(names - set(tensors))
+        if unknown:
+            raise ConfigurationError(
+                f"party {party.rank}: encrypt_module(public=...): no parameter or buffer named "
+                f"{unknown} "
+                f"(names as in module.named_parameters() / named_buffers())"
+            )
+        chosen |= names
+    return chosen
+
+
+def _encodable(t: torch.Tensor, frac_bits: int) -> bool:
+    """Whether share() will accept ``t`` (finite, inside the fixed-point range)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    limit = 2.0 ** (63 - frac_bits)
+    values = t.detach().to(torch.float64)
+    return bool(torch.isfinite(values).all()) and float(values.abs().max()) < limit
+
+
+def encrypt_module(
+    module: torch.nn.Module,
+    src: int = 0,
+    *,
+    public: PublicSpec = None,
+    nonpersistent_public: bool = True,
+    party: Party | None = None,
+) -> Any:
     """Secret-share ``src``'s parameters and floating buffers of ``module``, in place.
 
     Every party calls it with a module of the same architecture (only ``src``'s values are
     used; shapes come from each party's own module, so no shapes travel). Parameters stay
     ``nn.Parameter`` s with their ``requires_grad``; tied parameters stay tied. Integer buffers
-    (``num_batches_tracked``) stay public.
+    (``num_batches_tracked``) stay public, each party keeping its own.
+
+    Public tensors. The model owner may keep chosen floating parameters and buffers *public*:
+    they stay plain tensors, and every op that uses them only with other public values runs in
+    the clear at no cost (LLaMA's rotary ``inv_freq``: the cos/sin of the positions then cost
+    no rounds instead of a secure cos/sin per forward). ``src`` broadcasts their values in the
+    clear, so every party holds ``src``'s values even if it built its module differently.
+
+    1. Every party selects the public tensors: by default the non-persistent buffers (values
+       derived from the configuration, not learned: rotary frequencies, attention masks,
+       position ids), plus ``public``.
+    2. ``src`` checks that its secret tensors are encodable and broadcasts one message: a
+       status word and the public values (float64, exact for every float dtype).
+    3. Every party raises if ``src``'s check failed (so invalid weights fail everywhere at
+       once), copies the public values in place and secret-shares the rest (no messages).
+
+    Args:
+        public: qualified names (as in ``module.named_parameters()`` / ``named_buffers()``,
+            e.g. ``["model.rotary_emb.inv_freq"]``) or a predicate ``(name, tensor) -> bool``
+            evaluated on every party (it must select the same names everywhere: decide by
+            name, not by value).
+        nonpersistent_public: keep non-persistent buffers public (default ``True``).
+
+    Security: public tensors are revealed to every party, by design: the default reveals
+    what the model's configuration determines (for LLaMA, ``rope_theta`` and the head size,
+    through ``inv_freq``), never learned weights. Pass ``nonpersistent_public=False`` when even
+    that must stay secret.
+
+    Cost: 1 round; ``8 * (1 + public elements)`` bytes from ``src`` to each peer.
+
+    Raises:
+        ConfigurationError: ``public`` names a tensor the module does not have.
+        EncodingError: ``src``'s secret tensors hold NaN, inf or out-of-range values (on every
+            party; ``src`` names the tensor).
 
     Returns:
         ``module`` (for chaining).
     """
     party = party or get_party()
+    public_names = _public_names(module, public, nonpersistent_public, party)
+    # Each distinct tensor once (tied weights), in a deterministic order every party shares.
+    slots: list[tuple[dict[str, Any], str, int]] = []  # (owner's table, local name, tensor id)
+    by_id: dict[int, torch.Tensor] = {}
+    names: dict[int, list[str]] = {}
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        for table, floats_only in ((sub._parameters, False), (sub._buffers, True)):
+            for local, t in table.items():
+                if t is None or is_encrypted(t) or (floats_only and not _is_float(t)):
+                    continue
+                slots.append((table, local, id(t)))
+                by_id.setdefault(id(t), t)
+                names.setdefault(id(t), []).append(f"{prefix}.{local}" if prefix else local)
+    order = list(by_id)
+    keep = {i for i in order if any(n in public_names for n in names[i])}
+
+    # Step 2: one broadcast carries src's status and the public values.
+    sizes = [by_id[i].numel() for i in order if i in keep]
+    payload: torch.Tensor | None = None
+    if party.rank == src:
+        # the position (+1) in ``order`` of the first secret tensor src cannot encode, or 0
+        bad_pos = next(
+            (
+                k + 1
+                for k, i in enumerate(order)
+                if i not in keep and not _encodable(by_id[i], party.frac_bits)
+            ),
+            0,
+        )
+        parts = [torch.tensor([float(bad_pos)], dtype=torch.float64)]
+        parts += [by_id[i].detach().reshape(-1).to(torch.float64) for i in order if i in keep]
+        payload = torch.cat(parts)
+    received = party.comm.broadcast(payload, src, "encrypt_module")
+    if received.numel() != 1 + sum(sizes):
+        raise ProtocolError(
+            f"party {party.rank}: party {src} sent {received.numel() - 1} public values for "
+            f"encrypt_module, this party's module has {sum(sizes)}: the modules differ"
+        )
+    pos = int(received[0])
+    if pos:
+        # the same architecture on every party: every party can name the tensor
+        what = names[order[pos - 1]][0] if pos <= len(order) else f"#{pos}"
+        raise EncodingError(
+            f"party {party.rank}: encrypt_module: party {src}'s `{what}` cannot be encoded "
+            "(NaN, inf or values out of the fixed-point range); nothing was encrypted"
+        )
+
+    # Step 3.
     done: dict[int, Any] = {}
-
-    def encrypt(t: torch.Tensor) -> MPCTensor:
-        ring = share(t.detach() if party.rank == src else None, src, party, shape=tuple(t.shape))
-        return MPCTensor(ring, party)
-
-    for sub in module.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is None or is_encrypted(p):
-                continue
-            if id(p) not in done:
-                done[id(p)] = torch.nn.Parameter(encrypt(p), requires_grad=p.requires_grad)
-            sub._parameters[name] = done[id(p)]
-        for name, b in list(sub._buffers.items()):
-            if b is None or is_encrypted(b) or not _is_float(b):
-                continue
-            if id(b) not in done:
-                done[id(b)] = encrypt(b)
-            sub._buffers[name] = done[id(b)]
+    values = iter(torch.split(received[1:], sizes)) if sizes else iter(())
+    for i in order:
+        t = by_id[i]
+        if i in keep:
+            value = next(values).reshape(t.shape).to(t.dtype)
+            if party.rank != src:
+                with torch.no_grad():
+                    t.copy_(value)
+            done[i] = t
+        else:
+            ring = share(
+                t.detach() if party.rank == src else None, src, party, shape=tuple(t.shape)
+            )
+            enc = MPCTensor(ring, party)
+            is_param = isinstance(t, torch.nn.Parameter)
+            done[i] = torch.nn.Parameter(enc, requires_grad=t.requires_grad) if is_param else enc
+    for table, local, i in slots:
+        table[local] = done[i]
     return module
 
 

@@ -76,9 +76,15 @@ class EncryptedModule(torch.nn.Module):
         """Whether the parameters are encrypted (CrypTen's attribute)."""
         return is_encrypted_module(self.module)
 
-    def encrypt(self, src: int = 0) -> EncryptedModule:
-        """Secret-share party ``src``'s parameters and buffers in place (every party calls it)."""
-        encrypt_module(self.module, src)
+    def encrypt(
+        self, src: int = 0, *, public: Any = None, nonpersistent_public: bool = True
+    ) -> EncryptedModule:
+        """Secret-share party ``src``'s parameters and buffers in place (every party calls it).
+
+        ``public`` and ``nonpersistent_public`` choose tensors that stay public, as for
+        :func:`crypten_lite.encrypt_module`.
+        """
+        encrypt_module(self.module, src, public=public, nonpersistent_public=nonpersistent_public)
         return self
 
     def decrypt(self, dst: int | None = None) -> EncryptedModule:

@@ -37,14 +37,16 @@ from __future__ import annotations
 
 import enum
 import functools
+import warnings
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from crypten_lite.encoding import decode, encode
-from crypten_lite.errors import SecretLeakError, UnsupportedOperationError
+from crypten_lite.errors import EncodingError, SecretLeakError, UnsupportedOperationError
 from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.tensor_context import (
@@ -413,9 +415,15 @@ class MPCTensor(torch.Tensor):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if func in _TEXT_FUNCTIONS:
+            # torch.Tensor.__repr__(x) and friends would format the values, i.e. run secure
+            # comparisons (and desynchronise the parties if only one prints): always local.
+            return _text(args[0])
         override = _FUNCTIONS.get(func)
         if override is not None:
             return override(*args, **kwargs)
+        if func in _CAST_FUNCTIONS:
+            _warn_float_cast(func, args, kwargs)
         token = None
         if _USER_CALL.get() is None:
             token = _USER_CALL.set(_call_name(func))
@@ -436,32 +444,53 @@ class MPCTensor(torch.Tensor):
     ) -> Any:
         kwargs = kwargs or {}
         args = tuple(args)
-        fake = _FAKE.get()
-        if fake is not None:
-            return _fake_dispatch(fake, func, args, kwargs)
-        entry = _OPS.get(func)
-        if entry is None:
-            raise UnsupportedOperationError(_unsupported_message(func, args))
-        if entry.check is not None:
-            reason = entry.check(*args, **kwargs)
-            if reason is not None:
-                raise UnsupportedOperationError(_unsupported_message(func, args, reason))
-        impl = entry.impl
-        if entry.public_fast and _all_public(args, kwargs):
-            impl = functools.partial(_public_dispatch, func)
-        depth = _DEPTH.get()
-        observers = _OBSERVERS.get()
-        depth_token = _DEPTH.set(depth + 1)
         try:
-            if depth or not observers:
-                return impl(*args, **kwargs)
-            tokens = [obs.before(func, args, kwargs) for obs in observers]
-            out = impl(*args, **kwargs)
-            for obs, tok in zip(observers, tokens, strict=True):
-                obs.after(tok, func, args, kwargs, out)
-            return out
-        finally:
-            _DEPTH.reset(depth_token)
+            return _dispatch(func, args, kwargs)
+        except UnsupportedOperationError as exc:
+            # torch's Python operators (``x // 2``) turn a TypeError into NotImplemented and
+            # Python then reports "unsupported operand type(s)"; keep ours for _operator().
+            sink = _OPERATOR_ERRORS.get()
+            if sink is not None:
+                sink.append(exc)
+            raise
+
+
+def _dispatch(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The body of :meth:`MPCTensor.__torch_dispatch__`: look ``func`` up and run it."""
+    fake = _FAKE.get()
+    if fake is not None:
+        return _fake_dispatch(fake, func, args, kwargs)
+    if args and type(args[0]) is torch.Tensor and func._schema.is_mutable:
+        _check_plain_gradient_target(func, args)
+    entry = _OPS.get(func)
+    if entry is None:
+        raise UnsupportedOperationError(_unsupported_message(func, args))
+    if entry.check is not None:
+        reason = entry.check(*args, **kwargs)
+        if reason is not None:
+            raise UnsupportedOperationError(_unsupported_message(func, args, reason))
+    impl = entry.impl
+    if entry.public_fast and _all_public(args, kwargs):
+        impl = functools.partial(_public_dispatch, func)
+    depth = _DEPTH.get()
+    observers = _OBSERVERS.get()
+    depth_token = _DEPTH.set(depth + 1)
+    try:
+        if depth or not observers:
+            return impl(*args, **kwargs)
+        tokens = [obs.before(func, args, kwargs) for obs in observers]
+        out = impl(*args, **kwargs)
+        for obs, tok in zip(observers, tokens, strict=True):
+            obs.after(tok, func, args, kwargs, out)
+        return out
+    except EncodingError as exc:
+        # A public value that cannot be encoded: name the user-level op. Public operands are
+        # the same on every party, so every party raises here alike.
+        if depth:
+            raise
+        raise EncodingError(_encoding_message(func, args, exc)) from None
+    finally:
+        _DEPTH.reset(depth_token)
 
 
 def _rank_of(args: Sequence[Any]) -> str:
@@ -469,6 +498,16 @@ def _rank_of(args: Sequence[Any]) -> str:
         if isinstance(a, MPCTensor) and a._party is not None:
             return f"party {a._party.rank}: "
     return ""
+
+
+def _encoding_message(func: OpOverload, args: Sequence[Any], exc: EncodingError) -> str:
+    """``party 0: aten.mul.Tensor (from Tensor.__mul__): value out of the fixed-point range``."""
+    detail = str(exc)
+    if detail.startswith("party ") and ": " in detail:
+        detail = detail.split(": ", 1)[1]
+    call = current_user_call()
+    where = f" (from {call})" if call else ""
+    return f"{_rank_of(args)}{func}{where}: {detail}"
 
 
 def _unsupported_message(func: OpOverload, args: Sequence[Any], reason: str | None = None) -> str:
@@ -556,6 +595,10 @@ def _fake_dispatch(
         if isinstance(out, torch.Tensor) and mutated:
             for a in mutated:
                 if a._fake is out:
+                    if a.shape != out.shape or a.stride() != out.stride():
+                        # an in-place view op (t_, squeeze_, ...) changed the stand-in's geometry
+                        with torch.utils._mode_utils.no_dispatch():
+                            a.as_strided_(out.shape, out.stride(), a.storage_offset())
                     return a
             return mutated[0]
 
@@ -572,3 +615,131 @@ def _fake_dispatch(
 
 # ``ops.binary`` registers the A2B factory here (it imports this module, not the reverse).
 _BINARY_FACTORY: dict[str, Callable[..., Any]] = {}
+
+
+# --------------------------------------------------------------------------- local text
+
+# Every torch-level path that turns a tensor into text: answered from shape and encoding only.
+_TEXT_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
+    {torch.Tensor.__repr__, torch.Tensor.__format__}
+)
+
+
+def _text(x: Any) -> str:
+    return MPCTensor.__repr__(x) if isinstance(x, MPCTensor) else object.__repr__(x)
+
+
+# --------------------------------------------------------------------------- float casts
+
+_CAST_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset(
+    {torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.to}
+)
+_OTHER_FLOATS = (torch.float64, torch.float16, torch.bfloat16)
+
+
+def _warn_float_cast(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Warn that an encrypted tensor stays float32 when code asks for float64/16 or bfloat16.
+
+    Every float is the same fixed-point encoding (``f`` fractional bits), so another float
+    dtype could only be a label: the result keeps ``dtype == torch.float32`` (README,
+    "Limitations"). Only the first argument's own cast counts (``x.to(torch.float64)``).
+    """
+    if func is torch.Tensor.to:
+        asked = [a for a in (*args[1:], kwargs.get("dtype")) if isinstance(a, torch.dtype)]
+        if not any(a in _OTHER_FLOATS for a in asked):
+            return
+        target = next(a for a in asked if a in _OTHER_FLOATS)
+    else:
+        target = {
+            torch.Tensor.double: torch.float64,
+            torch.Tensor.half: torch.float16,
+            torch.Tensor.bfloat16: torch.bfloat16,
+        }[func]
+    if not (isinstance(args[0], MPCTensor) and args[0].dtype.is_floating_point):
+        return
+    warnings.warn(
+        f"encrypted tensors are fixed point with f={args[0].frac_bits} fractional bits whatever "
+        f"the float dtype: the cast to {target} keeps dtype torch.float32 (same values, same "
+        "precision)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+# --------------------------------------------------------------------------- gradients of plain
+
+
+def _check_plain_gradient_target(func: OpOverload, args: tuple[Any, ...]) -> None:
+    """Refuse, with the contract, an encrypted gradient accumulating into a plaintext ``.grad``.
+
+    A plain tensor that requires grad and meets an encrypted one gets an encrypted gradient
+    (it depends on the secrets). Autograd stores it as the tensor's ``.grad`` when that is
+    ``None``; when the tensor already holds a plaintext ``.grad``, autograd adds in place,
+    which cannot be done without revealing. Every party runs the same backward, so every
+    party raises here, before anything is computed.
+    """
+    if torch._C._current_graph_task_id() == -1:  # not inside a backward pass
+        return
+    if not any(
+        isinstance(a, MPCTensor) and a.public_value() is None for a in tree_flatten(list(args))[0]
+    ):
+        return
+    rank = _rank_of(args)
+    raise UnsupportedOperationError(
+        f"{rank}a plain tensor of shape {tuple(args[0].shape)} that requires grad was used with "
+        f"encrypted tensors, so its gradient is encrypted, and it cannot be added ({func}) to "
+        "the plaintext .grad that tensor already holds. Public arguments of encrypted "
+        "computations are meant to be constants: pass them detached or with "
+        "requires_grad=False; to train them, encrypt them (crypten_lite.encrypt_module, or "
+        "cryptensor(..., requires_grad=True)); to receive their gradient encrypted, set their "
+        ".grad to None before backward (optimizer.zero_grad() does)."
+    )
+
+
+# --------------------------------------------------------------------------- Python operators
+
+# Errors raised by dispatch while one of the operators below runs (None outside them).
+_OPERATOR_ERRORS: ContextVar[list[UnsupportedOperationError] | None] = ContextVar(
+    "crypten_lite_operator_errors", default=None
+)
+
+
+def _operator(name: str) -> Callable[..., Any]:
+    """``MPCTensor.<name>``: torch's operator, but the library's error reaches the user.
+
+    torch's Python operators catch ``TypeError`` and return ``NotImplemented`` (so that the
+    other operand may try); :class:`UnsupportedOperationError` is a ``TypeError``, so ``x // 2``
+    would end in Python's bare "unsupported operand type(s) for //". The wrapper collects the
+    errors dispatch raised during the call and re-raises the first when torch gave up.
+    """
+    base = getattr(torch.Tensor, name)
+
+    def op(self: torch.Tensor, *args: Any) -> Any:
+        sink: list[UnsupportedOperationError] = []
+        token = _OPERATOR_ERRORS.set(sink)
+        try:
+            out = base(self, *args)
+        finally:
+            _OPERATOR_ERRORS.reset(token)
+        if out is NotImplemented and sink:
+            raise sink[0]
+        return out
+
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = getattr(base, "__doc__", None)
+    return op
+
+
+_OPERATORS = [
+    f"__{prefix}{op}__"
+    for op in (
+        "add", "sub", "mul", "truediv", "div", "floordiv", "mod", "pow", "matmul",
+        "and", "or", "xor", "lshift", "rshift",
+    )
+    for prefix in ("", "r", "i")
+] + ["__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__"]  # fmt: skip
+for _name in _OPERATORS:
+    if hasattr(torch.Tensor, _name):
+        setattr(MPCTensor, _name, _operator(_name))
+# Defining __eq__ would make the class unhashable; tensors hash by identity.
+MPCTensor.__hash__ = torch.Tensor.__hash__  # type: ignore[method-assign]

@@ -15,7 +15,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["OpEntry", "OpOverload", "implements", "implements_function", "registered_ops"]
+__all__ = [
+    "OpEntry",
+    "OpOverload",
+    "implements",
+    "implements_function",
+    "inplace_twin",
+    "is_registered",
+    "registered_ops",
+    "registered_overloads",
+]
 
 OpOverload = torch._ops.OpOverload
 
@@ -46,6 +55,11 @@ _FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 def _is_functional(op: OpOverload) -> bool:
     schema = op._schema
+    # ``empty`` factories (new_empty_strided, which autograd uses to accumulate gradients,
+    # empty_like, ...) are functional, but their plaintext result is uninitialised memory,
+    # which may not even be encodable: they always run their MPC implementation (zeros).
+    if "empty" in op.overloadpacket.__name__:
+        return False
     return not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
 
 
@@ -94,3 +108,44 @@ def implements_function(
 def registered_ops() -> dict[str, str]:
     """``{aten op name: family}`` of every supported op."""
     return {str(op): entry.family for op, entry in sorted(_OPS.items(), key=lambda kv: str(kv[0]))}
+
+
+def registered_overloads() -> list[OpOverload]:
+    """Every aten overload with an MPC implementation (a snapshot, safe to iterate)."""
+    return list(_OPS)
+
+
+def is_registered(op: OpOverload) -> bool:
+    """Whether ``op`` has an MPC implementation."""
+    return op in _OPS
+
+
+# Ops whose out-of-place overload has a different name than the in-place twin.
+_TWIN_OVERLOADS = {("transpose", "int"): "default", ("floor_divide", "default"): "Tensor"}
+
+
+def inplace_twin(op: OpOverload) -> OpOverload | None:
+    """The in-place twin ``aten.X_.Y`` of an out-of-place ``aten.X.Y``, if torch has one.
+
+    torch names in-place variants by a trailing underscore with the same overload name
+    (``aten.abs.default`` -> ``aten.abs_.default``, ``aten.scatter.src`` -> ``aten.scatter_.src``);
+    the twin writes the result into its first argument ``self``. Ops that already end in ``_``,
+    private ``_foo`` ops and ``out=`` variants have none.
+    """
+    packet = op.overloadpacket.__name__
+    if packet.endswith("_") or packet.startswith("_"):
+        return None
+    twin_packet = getattr(torch.ops.aten, packet + "_", None)
+    if twin_packet is None:
+        return None
+    overload = _TWIN_OVERLOADS.get((packet, op._overloadname), op._overloadname)
+    if overload not in twin_packet.overloads():
+        return None
+    twin = getattr(twin_packet, overload)
+    schema = twin._schema
+    # A true in-place twin mutates its first argument and returns it.
+    if not schema.arguments or schema.arguments[0].alias_info is None:
+        return None
+    if not schema.arguments[0].alias_info.is_write:
+        return None
+    return twin  # type: ignore[no-any-return]

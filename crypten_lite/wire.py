@@ -170,7 +170,12 @@ NUMPY_DTYPES: dict[torch.dtype, type[numpy.generic]] = {
 
 
 def tensor_payload(tensor: torch.Tensor) -> memoryview:
-    """A zero-copy byte view of a tensor's data (a copy only if it is not contiguous)."""
+    """A zero-copy byte view of a tensor's data (a copy only if it is not contiguous).
+
+    Any strides are accepted: a non-contiguous tensor (a transpose, ``x[:, j]``) is copied
+    once; a contiguous one is read in place, whatever strides its size-1 dimensions carry (a
+    one-element view ``x[:, j]`` of a one-row tensor is contiguous with stride 3).
+    """
     if (
         tensor.dtype in NUMPY_DTYPES
         and not tensor.requires_grad
@@ -184,7 +189,13 @@ def tensor_payload(tensor: torch.Tensor) -> memoryview:
         # strides, which a memoryview cannot cast).
         if tensor.numel():
             return memoryview(tensor.numpy()).cast("B")  # type: ignore[arg-type]
-    flat = tensor.detach().contiguous().reshape(-1)
+    dense = tensor.detach()
+    if not dense.is_contiguous():
+        dense = dense.contiguous()
+    # A contiguous tensor's elements lie densely from its storage offset, so a 1-D unit-stride
+    # view of them exists without a copy. reshape(-1) would keep a size-1 dimension's stride,
+    # which the byte view below refuses (torch needs stride 1 to reinterpret int64 as bytes).
+    flat = dense.as_strided((dense.numel(),), (1,))
     if flat.device.type != "cpu":
         flat = flat.cpu()
     return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]

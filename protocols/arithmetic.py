@@ -29,6 +29,7 @@ import torch
 
 from crypten_lite.dealer import DealerRequest
 from crypten_lite.encoding import encode
+from crypten_lite.errors import EncodingError
 from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import (
     FixedOperand,
@@ -172,6 +173,7 @@ def div_public(x: Tensor, value: Public, party: Party) -> Tensor:
 
     Raises:
         ZeroDivisionError: ``v`` is (or contains) zero.
+        EncodingError: ``1 / v`` cannot be encoded (``|v| < 2**(f - 62)``).
     """
     check_share(x, party, "div_public operand")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -190,7 +192,15 @@ def div_public(x: Tensor, value: Public, party: Party) -> Tensor:
     s = party.frac_bits + max(0, math.ceil(math.log2(largest)))
     if s > 62:
         raise ValueError(f"party {party.rank}: div_public divisor {largest:g} is too large")
-    w = torch.round(float(1 << s) / v).to(torch.int64)
+    w_real = torch.round(float(1 << s) / v)
+    smallest = float(v.abs().min()) if v.numel() else 1.0
+    if bool((w_real.abs() >= 2.0**62).any()):
+        # The multiplier would not fit the ring (int64 conversion would wrap silently).
+        raise EncodingError(
+            f"party {party.rank}: div_public: 1 / {smallest:g} is out of the fixed-point range "
+            f"(divisors below {2.0 ** (party.frac_bits - 62):.3g} in magnitude cannot be encoded)"
+        )
+    w = w_real.to(torch.int64)
     return truncate(x * w, party, s)
 
 
@@ -220,8 +230,9 @@ def bilinear(
     2. :func:`~crypten_lite.protocols.beaver.beaver_online`: open ``eps``, ``delta``.
     3. Truncate the scale-``2f`` result by ``f`` bits.
 
-    Cost: ``local`` truncation (2 parties): 1 round, ``8 * (numel(x) + numel(y))`` bytes per
-    peer. ``dealer`` truncation: 2 rounds, plus ``8 * numel(out)`` bytes per peer. A
+    Cost: ``dealer`` truncation (the default, any N): 2 rounds, ``8 * (numel(x) + numel(y) +
+    numel(out))`` bytes per peer. Opt-in ``local`` truncation (2 parties): 1 round,
+    ``8 * (numel(x) + numel(y))`` bytes per peer. A
     :class:`~crypten_lite.protocols.beaver.FixedOperand` side sends nothing.
     Error: truncation (< 1 ulp; ``local``: fails with probability ``|op(x, y)| * 2**(2f-64)``
     per element) plus the inputs' encoding errors carried through ``op``: for ``mul`` at most
@@ -245,8 +256,9 @@ def bilinear(
 def mul(x: Operand, y: Operand, party: Party) -> Tensor:
     """Elementwise fixed-point ``[x * y]`` with broadcasting: :func:`bilinear` of ``mul``.
 
-    Cost: 1 round, ``8 * (numel(x) + numel(y))`` bytes to each peer (2 parties, local
-    truncation: 16 B per element); dealer truncation adds a round of ``8 * numel`` bytes.
+    Cost: 2 rounds, ``8 * (numel(x) + numel(y) + numel(out))`` bytes to each peer with the
+    default (exact, dealer) truncation; opt-in 2-party local truncation: 1 round, 16 B per
+    element.
     """
     return bilinear("mul", x, y, party)
 

@@ -32,7 +32,7 @@ from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten
 
-__all__ = ["approx", "reciprocal_value", "rsqrt_value", "softmax_value"]
+__all__ = ["approx", "div_value", "reciprocal_value", "rsqrt_value", "softmax_value"]
 
 _SIGMOID = "approx:sigmoid(x)"
 _PHI = "approx:Phi(x)"
@@ -94,6 +94,21 @@ def reciprocal_value(x: MPCTensor) -> MPCTensor:
     out = approx("reciprocal", x)
     x.stash(_RECIP, out)
     return out
+
+
+def div_value(x: Any, y: MPCTensor) -> MPCTensor:
+    """``x / y`` for a secret ``y`` by ``protocols.approximations.div``: relative precision
+    over the whole range of ``y`` (``x * (1/y)`` loses it: ``1/y`` at scale ``f`` has one ulp
+    of absolute error, 0.7 % of ``1/1000``). Reuses a reciprocal already stashed on ``y``."""
+    party = y.party
+    if y.stashed(_RECIP) is not None:
+        return mul_values(x, reciprocal_value(y), party)
+    xs = (
+        x
+        if isinstance(x, MPCTensor)
+        else wrap_public(torch.as_tensor(x, dtype=torch.float32), party)
+    )
+    return wrap(approximations.div(_share_f(xs), _share_f(y), party), party)
 
 
 @implements(aten.reciprocal.default)
@@ -262,6 +277,8 @@ def _dim(x: MPCTensor, dim: int) -> int:
 def softmax_value(x: MPCTensor, dim: int) -> MPCTensor:
     """``softmax(x, dim)`` by ``protocols.approximations.softmax`` (max-subtracted)."""
     party = x.party
+    if x.dim() == 0:  # a softmax over one element is 1 whatever x is (torch's answer): public
+        return wrap_public(torch.ones(()), party)
     return wrap(approximations.softmax(_share_f(x), party, _dim(x, dim)), party)
 
 
@@ -274,6 +291,8 @@ def softmax(x: MPCTensor, dim: int, half_to_float: bool = False) -> MPCTensor:
 def log_softmax(x: MPCTensor, dim: int, half_to_float: bool = False) -> MPCTensor:
     """``log_softmax`` by ``protocols.approximations.log_softmax``."""
     party = x.party
+    if x.dim() == 0:  # log of a softmax over one element: 0 whatever x is, public
+        return wrap_public(torch.zeros(()), party)
     return wrap(approximations.log_softmax(_share_f(x), party, _dim(x, dim)), party)
 
 

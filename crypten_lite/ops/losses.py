@@ -8,6 +8,7 @@
   table.
 * ``binary_cross_entropy`` and ``binary_cross_entropy_with_logits`` use the log/sigmoid
   approximations of ``ops.nonlinear``.
+* ``xlogy`` (``KLDivLoss``'s ``target * log(target)``): a public or secret ``y``, 0 at 0.
 """
 
 from __future__ import annotations
@@ -271,3 +272,44 @@ def huber_loss_backward(grad: Any, x: Any, target: Any, reduction: int, delta: f
     slope = add_values(x, target, party, -1).clamp(-float(delta), float(delta))
     n = x.numel() if reduction == _MEAN else 1
     return _times_grad(slope, grad, 1.0 / n, party)
+
+
+# --------------------------------------------------------------------------- xlogy (KLDivLoss)
+
+_LOG_FLOOR = -17.0 * 0.6931471805599453
+"""``ln 2**-17``: where a public ``y`` is 0, ``log y`` saturates like the secret ``log``
+(``-(f + 1) ln 2`` for ``f = 16``), so ``0 * log 0 = 0``."""
+
+
+def _public_log(y: torch.Tensor) -> torch.Tensor:
+    y = y.to(torch.float64)
+    return torch.where(y > 0, torch.log(y.clamp(min=1e-300)), torch.full_like(y, _LOG_FLOOR))
+
+
+def xlogy_value(x: Any, y: Any) -> Any:
+    """``x * log(y)`` with ``0 * log(0) = 0`` (``F.kl_div``'s ``xlogy(target, target)``).
+
+    A public ``y``: its logarithm is public (``log 0`` saturates), one local product. A secret
+    ``y``: ``protocols.approximations.log`` (8 rounds; ``y <= 0`` saturates at about -11.8,
+    so a zero ``x`` still gives 0 up to an ulp) and one product. Error: log's ``3.4e-5``
+    absolute times ``|x|``, plus a truncation.
+    """
+    party = find_party(x, y)
+    py = public_of(y)
+    log_y = wrap_public(_public_log(py).float(), party) if py is not None else approx("log", y)
+    return mul_values(x, log_y, party)
+
+
+@implements(aten.xlogy.Tensor)
+def xlogy(x: Any, y: Any) -> Any:
+    return xlogy_value(x, y)
+
+
+@implements(aten.xlogy.Scalar_Self)
+def xlogy_scalar_self(x: Any, y: Any) -> Any:
+    return xlogy_value(x, y)
+
+
+@implements(aten.xlogy.Scalar_Other)
+def xlogy_scalar_other(x: Any, y: Any) -> Any:
+    return xlogy_value(x, y)

@@ -56,6 +56,8 @@ def compare(op: str, x: Any, y: Any) -> MPCTensor:
     if px is not None:  # public <op> secret  ==  secret <flipped op> public
         return compare(_FLIP[op], y, x)
     assert isinstance(x, MPCTensor)
+    if py is not None and py.is_floating_point() and not bool(torch.isfinite(py).all()):
+        return _compare_nonfinite(op, x, py)
     if py is not None:
         shape = torch.broadcast_shapes(x.shape, py.shape)  # type: ignore[no-untyped-call]
         fn = getattr(comparison, f"{op}_public")
@@ -66,6 +68,24 @@ def compare(op: str, x: Any, y: Any) -> MPCTensor:
     rx = ring_of(x, party, frac).expand(shape)
     ry = ring_of(y, party, frac).expand(shape)
     return _bool(getattr(comparison, op)(rx.contiguous(), ry.contiguous(), party), party)
+
+
+def _compare_nonfinite(op: str, x: MPCTensor, py: torch.Tensor) -> MPCTensor:
+    """``x <op> py`` for a public ``py`` with infinities or NaNs (``isinf`` is ``|x| == inf``).
+
+    A fixed-point value is always finite, and every finite value compares the same way with
+    ``inf``, ``-inf`` or ``NaN`` (as 0 does), so those entries have a **public** result; the
+    finite entries are compared securely.
+    """
+    party = x.party
+    shape = torch.broadcast_shapes(x.shape, py.shape)  # type: ignore[no-untyped-call]
+    finite = torch.isfinite(py).expand(shape)
+    known = getattr(torch, op)(torch.zeros(shape), py).expand(shape)
+    if not bool(finite.any()):
+        return wrap_public(known.contiguous(), party, torch.bool)
+    secure = compare(op, x, torch.where(torch.isfinite(py), py, 0.0))
+    share = torch.where(finite, ring_of(secure, party, 0), ring_of(known.long(), party, 0))
+    return _bool(share, party)
 
 
 def _register_compare(op: str) -> None:
@@ -316,3 +336,12 @@ def logical_and_(x: MPCTensor, y: Any) -> Any:
 @implements(aten.logical_or_.default, aten.bitwise_or_.Tensor)
 def logical_or_(x: MPCTensor, y: Any) -> Any:
     return assign(x, logical_or(x, y))
+
+
+@implements(aten.logical_xor.default)
+def logical_xor(x: Any, y: Any) -> MPCTensor:
+    """``a + b - 2ab`` for 0/1 secrets (one Beaver round, no truncation)."""
+    party = find_party(x, y)
+    a, b = _as_bit(x, party), _as_bit(y, party)
+    both = mul_values(a, b, party)
+    return _bool(ring_of(a, party, 0) + ring_of(b, party, 0) - 2 * both._share, party)

@@ -15,13 +15,21 @@ import torch
 
 from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, div_values, mul_values
+from crypten_lite.ops.nonlinear import compare
 from crypten_lite.party import Party
 from crypten_lite.protocols import reduction
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten
 
-__all__ = ["ONEHOT_KEY", "max_with_onehot", "mean_value", "reduce_count", "secret_indices"]
+__all__ = [
+    "ONEHOT_KEY",
+    "max_with_onehot",
+    "mean_value",
+    "place_at_indices",
+    "reduce_count",
+    "secret_indices",
+]
 
 
 def _sum_dtype(x: MPCTensor) -> torch.dtype:
@@ -234,8 +242,10 @@ def value_selecting_reduction_backward(
     d = dim % len(sizes)
     if stashed is None:
         idx = public_of(indices)
-        if idx is None:
-            raise unsupported("backward of max/min with indices that lost their one-hot", party)
+        if idx is None:  # secret indices of sort/topk/kthvalue/median: a one-hot by comparisons
+            g = grad if keepdim else grad.unsqueeze(d)
+            i = indices if keepdim else indices.unsqueeze(d)
+            return place_at_indices(g, i, d, int(sizes[d]))
         onehot = torch.zeros(list(sizes), dtype=torch.int64).scatter(
             d, idx if keepdim else idx.unsqueeze(d), 1
         )
@@ -244,3 +254,36 @@ def value_selecting_reduction_backward(
     _, onehot = stashed
     g = grad if keepdim else grad.unsqueeze(d)
     return mul_values(g, wrap(onehot, party, dtype=torch.int64), party)
+
+
+def place_at_indices(values: Any, indices: MPCTensor, dim: int, size: int) -> MPCTensor:
+    """``zeros(...).scatter_add(dim, indices, values)`` for **secret** int64 ``indices``.
+
+    Output position ``i`` along ``dim`` (of length ``size``) receives
+    ``sum_k values[k] * [indices[k] == i]``: every index is compared with every position (one
+    equality comparison of ``k * size`` entries per row, 4 rounds), then one product round with
+    the 0/1 one-hot (scale 0: no truncation) and a local sum. The backward of ``sort``,
+    ``topk``, ``kthvalue``, ``median(dim)`` and ``cummax``/``cummin``.
+    """
+    party = indices.party
+    d = dim % max(1, indices.dim())
+    idx = wrap(indices._share.movedim(d, -1).unsqueeze(-1).contiguous(), party, dtype=torch.int64)
+    onehot = compare("eq", idx, torch.arange(size))  # (..., k, size)
+    vals: Any = values
+    if isinstance(values, MPCTensor):
+        vals = wrap(values._share.movedim(d, -1).unsqueeze(-1), party, dtype=values.dtype)
+        pub = values.public_value()
+        if pub is not None:
+            vals = pub.movedim(d, -1).unsqueeze(-1)
+    elif isinstance(values, torch.Tensor):
+        vals = values.movedim(d, -1).unsqueeze(-1)
+    placed = mul_values(vals, onehot, party)
+    return wrap(placed._share.sum(-2).movedim(-1, d).contiguous(), party, dtype=placed.dtype)
+
+
+@implements(aten.var.dim)
+def var_dim(
+    x: MPCTensor, dim: Sequence[int] | None = None, unbiased: bool = True, keepdim: bool = False
+) -> MPCTensor:
+    """``var(dim, unbiased)`` (the older signature): as ``var.correction``."""
+    return _var(x, dim, 1 if unbiased else 0, keepdim)[0]

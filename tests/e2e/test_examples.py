@@ -105,3 +105,15 @@ def test_millionaires_name_the_richest(parties: int) -> None:
     fortunes = [results[r]["my_fortune"] for r in range(parties)]
     richest = max(range(parties), key=lambda r: (fortunes[r], -r))  # ties: the lower rank
     assert {results[r]["richest"] for r in range(parties)} == {richest}, results
+
+
+@pytest.mark.timeout(150)
+def test_private_generation_matches_plaintext_greedy() -> None:
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    results = launch("private_generation.py")
+    assert set(results) == {1}, "only the prompt owner may learn (and print) the tokens"
+    result = results[1]
+    assert result["tokens"] == result["plain_tokens"], result
+    assert len(result["sampled"]) == result["new_tokens"] == 4
+    assert all(0 <= t < result["vocab_size"] for t in result["sampled"])
+    assert result["rounds"] > 0 and result["bytes_sent"] > 0

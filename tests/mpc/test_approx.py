@@ -265,13 +265,16 @@ def test_roots_reciprocal_domain_edges_and_cost(run_parties: Run) -> None:
         return res
 
     xre, xse = enc(xr), enc(xs)
-    for res in run_parties(fn, 2):
+    # The docstrings' 2-party round counts are for explicit local truncation; the default
+    # (exact dealer truncation) adds one round per product round (29, 25, 19, 23 here).
+    for res in run_parties(fn, 2, truncation="local"):
         check("recip", res["recip"], 1 / xre, 2e-4, 2 * ULP)
         check("recip_pos", res["recip_pos"], 1 / xre, 2e-4, 2 * ULP)
         check("sqrt", res["sqrt"], torch.sqrt(xse), 2e-4, 2 * ULP)
         check("inv_sqrt", res["inv_sqrt"], xse**-0.5, 1e-4, 2 * ULP)
         cost = res["cost"]
         assert cost["recip"][0] == 15 and cost["recip_pos"][0] == 11, cost
-        assert cost["sqrt"][0] == 9 and cost["inv_sqrt"][0] == 10, cost
+        # full range (to 2**44): 6 more thresholds and the exact mantissa truncation (1 round)
+        assert cost["sqrt"][0] == 10 and cost["inv_sqrt"][0] == 11, cost
         # bytes per element to the peer (padding of small batches adds a little)
-        assert cost["recip"][1] < 265 and cost["sqrt"][1] < 175 and cost["inv_sqrt"][1] < 205
+        assert cost["recip"][1] < 265 and cost["sqrt"][1] < 230 and cost["inv_sqrt"][1] < 260

@@ -290,8 +290,9 @@ def test_empty_and_zero_dim_shares(n: int, dealer: str, trunc: str, run_parties:
 
 
 def test_costs_of_mul_and_matmul(run_parties: Run) -> None:
-    # 2 parties, local truncation: 1 round, 16 B per element; 3 parties (dealer truncation,
-    # dealer process): 2 rounds, and party 0 makes ONE dealer request for triple + pair.
+    # Default (exact dealer truncation, any N): 2 rounds — the Beaver opening, then the
+    # truncation's 8 B per output element — and party 0 makes ONE dealer request for triple +
+    # pair. Explicit 2-party local truncation: the floor, 1 round and 16 B per element.
     def fn(party: Party) -> list[tuple[int, int, int]]:
         x, y = sh(X, 0, party), sh(Y, 1, party)
         m1, m2 = sh(M1, 0, party), sh(M2, 1, party)
@@ -308,10 +309,15 @@ def test_costs_of_mul_and_matmul(run_parties: Run) -> None:
             rows.append((party_rounds, party_bytes, dealer.messages_sent if dealer else 0))
         return rows
 
-    two = run_parties(fn, 2, dealer="ttp")
+    two = run_parties(fn, 2, dealer="ttp", truncation="local")
     for rank, rows in enumerate(two):
         assert rows[0] == (1, 16 * X.numel(), int(rank == 0))
         assert rows[1] == (1, 8 * (M1.numel() + M2.numel()), int(rank == 0))
+    two = run_parties(fn, 2, dealer="ttp")
+    for rank, rows in enumerate(two):
+        assert rows[0] == (2, 8 * (2 * X.numel() + X.numel()), int(rank == 0))
+        out = M1.shape[0] * M2.shape[1]
+        assert rows[1] == (2, 8 * (M1.numel() + M2.numel() + out), int(rank == 0))
     three = run_parties(fn, 3, dealer="ttp")
     for rank, rows in enumerate(three):
         assert rows[0] == (2, 2 * 8 * (2 * X.numel() + X.numel()), int(rank == 0))

@@ -268,7 +268,7 @@ def test_reused_weight_masks_open_the_weight_once(run_parties, world_size):
     for x, y in zip(batches, outs, strict=True):
         torch.testing.assert_close(y, plain(x).detach(), atol=64 * ULP, rtol=1e-3)
     peers = world_size - 1
-    trunc = 0 if world_size == 2 else 3 * 4  # dealer truncation opens the output (N > 2)
+    trunc = 3 * 4  # the default (exact) dealer truncation opens the output, for any N
     assert sent[0] == 8 * peers * (3 * 6 + 6 * 4 + trunc)  # activation and weight masks
     assert sent[1] == sent[2] == 8 * peers * (3 * 6 + trunc)  # later: the activation only
     shifted = copy.deepcopy(plain)

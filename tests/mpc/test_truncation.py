@@ -113,6 +113,9 @@ def test_local_truncation_failure_rate_matches_the_docstring(run_parties: Run) -
 
 
 def test_local_needs_two_parties_and_auto_picks(run_parties: Run) -> None:
+    """``auto`` is the exact dealer method for every N (2-party local truncation fails at model
+    scale, see protocols/truncation.py); ``local`` works only when asked for, with 2 parties."""
+
     def fn(party: Party) -> tuple[str, str]:
         auto = resolve_method(party, "auto")
         try:
@@ -122,7 +125,7 @@ def test_local_needs_two_parties_and_auto_picks(run_parties: Run) -> None:
         return auto, ""
 
     two, three = run_parties(fn, 2)[0], run_parties(fn, 3)[0]
-    assert two == ("local", "")
+    assert two == ("dealer", "")
     assert three[0] == "dealer" and "2 parties" in three[1] and "party 0" in three[1]
 
 
