@@ -191,6 +191,8 @@ PUBLIC_CALL_SITES = {
     "crypten_lite.dealer.third_party": "requests to the dealer process and its seeded replies",
     "crypten_lite.protocols.sharing": "the shape of a secret input (public)",
     "crypten_lite.encrypted": "load_from_party: the size and header of the file (public)",
+    "crypten_lite.generation": "generate(dst=...): dst announces whether every sequence has "
+    "reached EOS (a declared disclosure: the number of generated steps)",
 }
 COMM_CALLS = {"send", "recv", "exchange", "broadcast", "gather", "all_gather", "all_reduce"}
 OPENING_MODULE = "crypten_lite.protocols.opening"
