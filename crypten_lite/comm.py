@@ -187,6 +187,13 @@ class Communicator(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release transport resources."""
 
+    def _round_done(self) -> None:  # noqa: B027 - optional hook
+        """Called when a public operation (``send``, ``recv``, a collective) has completed.
+
+        A transport that sends without copying overrides it to wait until its buffers are
+        released, so a caller may modify a tensor in place as soon as the operation returns.
+        """
+
     # ----------------------------------------------------------------- naming
     @property
     def dealer_rank(self) -> int:
@@ -246,6 +253,7 @@ class Communicator(ABC):
         self._check_peer(dst, "send to")
         self._send_one(dst, tensor, tag)
         self.stats._on_round(tag)
+        self._round_done()
 
     def recv(self, src: int, tag: str) -> torch.Tensor:
         """Receive the next tensor from ``src``; it must carry ``tag``. One round.
@@ -257,6 +265,7 @@ class Communicator(ABC):
         self._check_peer(src, "receive from")
         tensor = self._recv_one(src, tag)
         self.stats._on_round(tag)
+        self._round_done()
         return tensor
 
     # ----------------------------------------------------------------- collectives
@@ -290,6 +299,7 @@ class Communicator(ABC):
             )
         received = {peer: self._recv_one(peer, tag) for peer in targets}
         self.stats._on_round(tag)
+        self._round_done()
         return received
 
     def broadcast(self, tensor: torch.Tensor | None, src: int, tag: str) -> torch.Tensor:
@@ -305,6 +315,7 @@ class Communicator(ABC):
         else:
             result = self._recv_one(src, tag)
         self.stats._on_round(tag)
+        self._round_done()
         return result
 
     def gather(self, tensor: torch.Tensor, dst: int, tag: str) -> list[torch.Tensor] | None:
@@ -319,6 +330,7 @@ class Communicator(ABC):
         else:
             self._send_one(dst, tensor, tag)
         self.stats._on_round(tag)
+        self._round_done()
         return result
 
     def all_gather(self, tensor: torch.Tensor, tag: str) -> list[torch.Tensor]:

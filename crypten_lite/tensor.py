@@ -101,13 +101,38 @@ class _Alias:
     by-product recorded at another version is stale. ``fixed`` is ``None`` unless the buffer
     is a weight whose Beaver masks may be reused (``crypten_lite.nn.reuse_weight_masks``): then
     it maps a view's geometry to ``(version, FixedOperand)``.
+
+    Writes that bypass the op table — through the raw ``MPCTensor.share`` — are counted too:
+    once the share has been handed out, torch's version counter of that tensor (shared by all
+    its views and ``detach``-ed aliases, bumped by every in-place write) is part of ``version``.
     """
 
-    __slots__ = ("fixed", "version")
+    __slots__ = ("_base", "_watched", "_writes", "fixed")
 
     def __init__(self) -> None:
-        self.version = 0
+        self._writes = 0
+        self._watched: torch.Tensor | None = None
+        self._base = 0
         self.fixed: dict[tuple[Any, ...], tuple[int, Any]] | None = None
+
+    @property
+    def version(self) -> int:
+        if self._watched is None:
+            return self._writes
+        return self._writes + self._watched._version - self._base
+
+    def mark_written(self) -> None:
+        self._writes += 1
+
+    def watch(self, share: torch.Tensor) -> None:
+        """Count raw writes through ``share`` from now on (once per buffer suffices: views
+        share torch's version counter)."""
+        if self._watched is None:
+            try:
+                self._base = share._version
+            except RuntimeError:  # an inference-mode tensor has no version counter to watch
+                return
+            self._watched = share
 
 
 def _frac_for(dtype: torch.dtype, party: Party | None, fake_frac: int) -> int:
@@ -195,7 +220,13 @@ class MPCTensor(torch.Tensor):
 
     @property
     def share(self) -> torch.Tensor:
-        """This party's int64 share of the fixed-point encoding (CrypTen's ``.share``)."""
+        """This party's int64 share of the fixed-point encoding (CrypTen's ``.share``).
+
+        The tensor itself, not a copy: an in-place write to it is a write to this value, and
+        invalidates what was cached for the old one (public value, stash, reused weight mask).
+        ``share.data`` has a version counter of its own and escapes this: do not write there.
+        """
+        self._alias.watch(self._share)
         return self._share
 
     @property
@@ -246,7 +277,7 @@ class MPCTensor(torch.Tensor):
 
     def mark_written(self) -> None:
         """Record an in-place write to the share: public values and stashes become stale."""
-        self._alias.version += 1
+        self._alias.mark_written()
 
     def get_plain_text(self, dst: int | None = None) -> torch.Tensor | None:
         """Open and decode the value: every party gets it, or only ``dst`` (others get ``None``).

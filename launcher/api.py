@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from crypten_lite.config import Config, config_from_env
 from crypten_lite.errors import ConfigurationError, LaunchError, PartyFailedError
 from crypten_lite.launcher.codec import read_value, write_value
-from crypten_lite.launcher.local import run_local
-from crypten_lite.launcher.session import ENV_COORDINATOR, make_run_dir, remove_run_dir
+from crypten_lite.launcher.local import TFP_WARNING, run_local
+from crypten_lite.launcher.session import ENV_COORDINATOR, private_run_dir
 
 __all__ = ["function_reference", "launch"]
 
@@ -109,19 +109,9 @@ def launch(
     ref = function_reference(fn)
     base = config or config_from_env()
     config = base.replace(transport=transport or base.transport, dealer="ttp" if dealer else "tfp")
-    if config.transport not in ("ipc", "tcp"):
-        raise ConfigurationError(
-            f"launch() transport must be 'ipc' or 'tcp', got {config.transport!r}"
-        )
     if not dealer:
-        warnings.warn(
-            "launch(dealer=False): party 0 deals with the INSECURE TrustedFirstParty (it can "
-            "see every secret); use it for tests only",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    run_dir = make_run_dir()
-    try:
+        warnings.warn(f"launch(dealer=False): {TFP_WARNING}", RuntimeWarning, stacklevel=2)
+    with private_run_dir() as run_dir:
         (run_dir / "call.json").write_text(json.dumps(ref))
         write_value(run_dir / "args.clv", tuple(args), where="args")
         sink = io.StringIO() if quiet else None
@@ -143,5 +133,3 @@ def launch(
         if not outcome.ok:
             raise PartyFailedError(outcome.report().removeprefix("crypten-lite: "))
         return [read_value(run_dir / f"result-{rank}.clv") for rank in range(world_size)]
-    finally:
-        remove_run_dir(run_dir)

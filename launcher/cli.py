@@ -32,16 +32,13 @@ from typing import NoReturn
 
 from crypten_lite.config import Config, config_from_env
 from crypten_lite.errors import ConfigurationError
-from crypten_lite.launcher.local import run_local, run_rank
+from crypten_lite.launcher.local import TFP_WARNING, run_local, run_rank
 from crypten_lite.launcher.security import generate_secret
 from crypten_lite.launcher.supervisor import Interrupted, Outcome
 
 __all__ = ["main"]
 
-TFP_WARNING = (
-    "crypten-lite: warning: no --dealer, so party 0 deals correlated randomness itself "
-    "(INSECURE TrustedFirstParty: it can see every secret); for tests only"
-)
+_TFP_LINE = f"crypten-lite: warning: no --dealer, so {TFP_WARNING}"
 
 
 class UsageError(Exception):
@@ -130,6 +127,12 @@ def _parser() -> _Parser:
         "--secret-file", metavar="PATH", help="multi-host: file with the shared session secret"
     )
     launch.add_argument(
+        "--allow-shared-secret-file",
+        action="store_true",
+        help="accept a --secret-file that group or others can read (refused by default, as ssh "
+        "refuses such a private key)",
+    )
+    launch.add_argument(
         "--host", metavar="ADDR", help="multi-host: address this rank binds and advertises"
     )
     launch.add_argument("script", nargs="?", help="the Python script every party runs")
@@ -139,11 +142,12 @@ def _parser() -> _Parser:
     return parser
 
 
-def _config(ns: argparse.Namespace, transport: str) -> Config:
-    overrides: dict[str, object] = {
-        "transport": transport,
-        "dealer": "ttp" if ns.dealer else "tfp",
-    }
+def _config(ns: argparse.Namespace, transport: str | None) -> Config:
+    """The session settings: ``CRYPTEN_LITE_*`` variables, then the flags (``transport``
+    ``None`` keeps the variable's or the default)."""
+    overrides: dict[str, object] = {"dealer": "ttp" if ns.dealer else "tfp"}
+    if transport is not None:
+        overrides["transport"] = transport
     if ns.timeout is not None:
         overrides["timeout_s"] = ns.timeout
         overrides["rendezvous_timeout_s"] = ns.timeout
@@ -187,7 +191,7 @@ def _launch(ns: argparse.Namespace) -> Outcome:
         if ns.nprocs < 2:
             raise UsageError(f"-n must be at least 2 (MPC needs two parties), got {ns.nprocs}")
         mode = _script_mode(ns, needed=True)
-        config = _config(ns, ns.transport or os.environ.get("CRYPTEN_LITE_TRANSPORT") or "ipc")
+        config = _config(ns, ns.transport)
         return run_local(
             mode,
             ns.nprocs,
@@ -195,7 +199,7 @@ def _launch(ns: argparse.Namespace) -> Outcome:
             config=config,
             threads=ns.threads,
             max_time_s=ns.max_time,
-            warning=None if ns.dealer else TFP_WARNING,
+            warning=None if ns.dealer else _TFP_LINE,
         )
     # ---- one rank of a multi-host session
     world_size = (
@@ -226,10 +230,8 @@ def _launch(ns: argparse.Namespace) -> Outcome:
     host, _, port_text = coordinator.rpartition(":")
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise UsageError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-    if ns.transport == "ipc":
-        raise UsageError("--transport ipc works on one host only; across hosts use tcp")
     mode = _script_mode(ns, needed=rank != world_size)
-    config = _config(ns, "tcp")
+    config = _config(ns, ns.transport or "tcp")  # run_rank refuses anything but tcp
     local = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE") or 1
     return run_rank(
         mode,
@@ -240,11 +242,12 @@ def _launch(ns: argparse.Namespace) -> Outcome:
         coordinator_port=int(port_text),
         config=config,
         secret_file=ns.secret_file,
+        allow_shared_secret_file=ns.allow_shared_secret_file,
         host=ns.host,
         local_processes=local,
         threads=ns.threads,
         max_time_s=ns.max_time,
-        warning=None if ns.dealer or rank == world_size else TFP_WARNING,
+        warning=None if ns.dealer or rank == world_size else _TFP_LINE,
     )
 
 

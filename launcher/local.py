@@ -1,22 +1,24 @@
 """Layer L6: a whole session on this host — N parties, optionally the dealer, and the coordinator.
 
-:func:`run_local` is what ``crypten-lite launch -n N`` and :func:`crypten_lite.launch` do:
+:func:`run_local` is what ``crypten-lite launch -n N`` and :func:`crypten_lite.launch` do;
+:func:`run_rank` is the multi-host counterpart (one rank on this host, and the coordinator too
+when the rank is 0). Both are the same spine, :func:`_run_session`:
 
-1. create a private run directory (mode 0700, removed at the end);
-2. for TCP, generate a random session secret and write it to ``<run dir>/secret`` (mode 0600),
-   which children read through ``CRYPTEN_LITE_SECRET_FILE`` — it never appears in an
-   environment variable or on a command line;
-3. start the coordinator in this process (IPC: ``<run dir>/coordinator``; TCP: a random port
-   on 127.0.0.1, CurveZMQ);
-4. start the party processes (and the dealer) and supervise them
+1. a private run directory (mode 0700; :func:`~crypten_lite.launcher.session.private_run_dir`
+   removes it however the launcher ends, ``kill -9`` included);
+2. over TCP the session secret — generated (one host) or read from ``--secret-file`` (many
+   hosts; refused if group or others can read it) — is handed to every child through an
+   inherited pipe: it never lies in a file of the run directory, an environment variable or a
+   command line;
+3. the coordinator in this process when this launcher hosts it (IPC: ``<run dir>/coordinator``;
+   TCP: a random port on 127.0.0.1, or the given port on all interfaces for rank 0);
+4. the party processes (and the dealer), supervised together
    (:class:`~crypten_lite.launcher.supervisor.Supervisor`).
-
-:func:`run_rank` is the multi-host counterpart: one rank on this host, and the coordinator too
-when the rank is 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -32,12 +34,18 @@ from crypten_lite.launcher.session import (
     ENV_NUM_THREADS,
     ENV_SECRET,
     ProcessEnv,
-    make_run_dir,
-    remove_run_dir,
+    private_run_dir,
 )
 from crypten_lite.launcher.supervisor import ChildSpec, Outcome, Supervisor
 
-__all__ = ["child_argv", "run_local", "run_rank"]
+__all__ = ["TFP_WARNING", "check_transport", "child_argv", "run_local", "run_rank"]
+
+# What every front end says when a session runs without a dealer process (the CLI prints it,
+# launch() raises it as a RuntimeWarning; each puts its own prefix in front).
+TFP_WARNING = (
+    "party 0 deals correlated randomness itself (INSECURE TrustedFirstParty: it can see every "
+    "secret); for tests only"
+)
 
 _CHILD = [sys.executable, "-m", "crypten_lite.launcher.child"]
 
@@ -54,6 +62,22 @@ def _warn(warning: str | None, err: TextIO | None) -> None:
         stream.flush()
 
 
+def check_transport(config: Config, *, multi_host: bool) -> None:
+    """The one check of what a launcher can connect with (``Config`` knows every transport).
+
+    Raises:
+        ConfigurationError: ``inproc`` (threads of one process), or ``ipc`` across hosts.
+    """
+    allowed = ("tcp",) if multi_host else ("ipc", "tcp")
+    if config.transport not in allowed:
+        where = (
+            "across hosts the transport must be tcp (--transport tcp)"
+            if multi_host
+            else ("a launcher's processes connect with 'ipc' or 'tcp'")
+        )
+        raise ConfigurationError(f"{where}; got transport {config.transport!r}")
+
+
 def _base_env(config: Config, extra: Mapping[str, str] | None) -> dict[str, str]:
     # Drop session variables this process may itself have inherited (a launcher started from
     # inside a party); keep the user's settings (CRYPTEN_LITE_NUM_THREADS, config fields).
@@ -68,6 +92,68 @@ def _base_env(config: Config, extra: Mapping[str, str] | None) -> dict[str, str]
     env["PYTHONUNBUFFERED"] = "1"  # relay output line by line
     env.update(extra or {})
     return env
+
+
+def _run_session(
+    mode: list[str],
+    processes: list[ProcessEnv],
+    *,
+    config: Config,
+    secret: bytes | None,
+    coordinator_bind: str | None,
+    run_dir: Path | None,
+    out: TextIO | None,
+    err: TextIO | None,
+    warning: str | None,
+    max_time_s: float | None,
+) -> Outcome:
+    """The spine of :func:`run_local` and :func:`run_rank` (module docstring, steps 1-4).
+
+    Args:
+        processes: the processes to start here; ``run_dir`` is filled in, and ``coordinator``
+            too when it is empty (the coordinator of this launcher).
+        secret: the session secret handed to every child (``None`` for IPC).
+        coordinator_bind: where this launcher's coordinator binds (``{run_dir}`` is replaced),
+            or ``None`` when another host runs it.
+        run_dir: an existing private directory to use (and leave in place), or ``None``.
+    """
+    first = processes[0]
+    with contextlib.ExitStack() as cleanup:
+        if run_dir is None:
+            run_dir = cleanup.enter_context(private_run_dir())
+        coordinator: Coordinator | None = None
+        if coordinator_bind is not None:
+            coordinator = Coordinator(
+                bind=coordinator_bind.format(run_dir=run_dir),
+                world_size=first.world_size,
+                has_dealer=first.has_dealer,
+                transport=config.transport,
+                security=Security(secret, first.world_size),
+                timeout_s=config.rendezvous_timeout_s,
+            )
+            cleanup.callback(coordinator.close)
+        base = _base_env(config, None)
+        specs = []
+        for index, process in enumerate(processes):
+            process = dataclasses.replace(
+                process,
+                run_dir=str(run_dir),
+                coordinator=process.coordinator or (coordinator.endpoint if coordinator else ""),
+            )
+            env = {**base, **process.to_env()}
+            if len(processes) > 1:  # torchrun's per-host variables, for scripts that read them
+                env.update(LOCAL_RANK=str(index), LOCAL_WORLD_SIZE=str(process.world_size))
+            name = "dealer" if process.is_dealer else f"party {process.rank}"
+            argv = child_argv(["dealer"] if process.is_dealer else mode)
+            specs.append(ChildSpec(name, argv, env, is_dealer=process.is_dealer, secret=secret))
+        _warn(warning, err)
+        if coordinator is not None:
+            coordinator.start()
+        supervisor = Supervisor(
+            specs, run_dir=run_dir, out=out, err=err, coordinator=coordinator, max_time_s=max_time_s
+        )
+        return supervisor.run()
+    raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
 
 
 def run_local(
@@ -102,77 +188,35 @@ def run_local(
     """
     if world_size < 2:
         raise ConfigurationError(f"MPC needs at least 2 parties, got {world_size}")
-    if config.transport not in ("ipc", "tcp"):
-        raise ConfigurationError(f"transport must be 'ipc' or 'tcp', got {config.transport!r}")
-    own_dir = run_dir is None
-    run_dir = make_run_dir() if run_dir is None else run_dir
-    coordinator: Coordinator | None = None
-    try:
-        secret_file: str | None = None
-        security = Security(None, world_size)
-        if config.transport == "tcp":
-            secret = generate_secret()
-            path = run_dir / "secret"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secret)
-            secret_file = str(path)
-            security = Security(secret, world_size)
-            bind = "tcp://127.0.0.1:*"
-        else:
-            bind = f"ipc://{run_dir}/coordinator"
-        coordinator = Coordinator(
-            bind=bind,
+    check_transport(config, multi_host=False)
+    tcp = config.transport == "tcp"
+    count = world_size + (1 if dealer else 0)
+    processes = [
+        ProcessEnv(
+            rank=rank,
             world_size=world_size,
+            role="dealer" if rank == world_size else "party",
+            coordinator="",  # this launcher's coordinator
             has_dealer=dealer,
-            transport=config.transport,
-            security=security,
-            timeout_s=config.rendezvous_timeout_s,
+            host="127.0.0.1" if tcp else None,
+            local_processes=count,
+            num_threads=threads,
+            launcher_pid=os.getpid(),
         )
-        processes = world_size + (1 if dealer else 0)
-        base = _base_env(config, None)
-        specs = []
-        for rank in range(processes):
-            is_dealer = rank == world_size
-            process = ProcessEnv(
-                rank=rank,
-                world_size=world_size,
-                role="dealer" if is_dealer else "party",
-                coordinator=coordinator.endpoint,
-                has_dealer=dealer,
-                run_dir=str(run_dir),
-                secret_file=secret_file,
-                host="127.0.0.1" if config.transport == "tcp" else None,
-                local_processes=processes,
-                num_threads=threads,
-                launcher_pid=os.getpid(),
-            )
-            env = {**base, **process.to_env(), "LOCAL_RANK": str(rank)}
-            env["LOCAL_WORLD_SIZE"] = str(world_size)
-            specs.append(
-                ChildSpec(
-                    name="dealer" if is_dealer else f"party {rank}",
-                    argv=child_argv(["dealer"] if is_dealer else mode),
-                    env=env,
-                    is_dealer=is_dealer,
-                )
-            )
-        _warn(warning, err)
-        coordinator.start()
-        supervisor = Supervisor(
-            specs,
-            run_dir=run_dir,
-            out=out,
-            err=err,
-            coordinator=coordinator,
-            max_time_s=max_time_s,
-        )
-        return supervisor.run()
-    finally:
-        if coordinator is not None:
-            coordinator.close()
-        if own_dir:
-            remove_run_dir(run_dir)
+        for rank in range(count)
+    ]
+    return _run_session(
+        mode,
+        processes,
+        config=config,
+        secret=generate_secret() if tcp else None,
+        coordinator_bind="tcp://127.0.0.1:*" if tcp else "ipc://{run_dir}/coordinator",
+        run_dir=run_dir,
+        out=out,
+        err=err,
+        warning=warning,
+        max_time_s=max_time_s,
+    )
 
 
 def run_rank(
@@ -185,6 +229,7 @@ def run_rank(
     coordinator_port: int,
     config: Config,
     secret_file: str | None,
+    allow_shared_secret_file: bool = False,
     host: str | None = None,
     local_processes: int = 1,
     threads: int | None = None,
@@ -198,19 +243,22 @@ def run_rank(
     Rank 0 also hosts the coordinator on ``coordinator_port`` (all interfaces; CurveZMQ keeps
     processes without the secret out).
 
+    Args:
+        secret_file: the shared session secret (else ``CRYPTEN_LITE_SECRET``); refused when
+            group or others can access it, unless ``allow_shared_secret_file``.
+
     Raises:
-        ConfigurationError: no session secret, or a transport other than TCP.
+        ConfigurationError: no usable session secret, or a transport other than TCP.
         OSError: rank 0 cannot bind the coordinator port.
     """
-    if config.transport != "tcp":
-        raise ConfigurationError("across hosts the transport must be tcp (--transport tcp)")
+    check_transport(config, multi_host=True)
     secret_value = None if secret_file else os.environ.get(ENV_SECRET)
     if not secret_file and not secret_value:
         raise ConfigurationError(
             "a multi-host session needs a shared session secret: pass --secret-file PATH (same "
             "file content on every host) or set CRYPTEN_LITE_SECRET"
         )
-    process = ProcessEnv(
+    given = ProcessEnv(
         rank=rank,
         world_size=world_size,
         role="dealer" if rank == world_size else "party",
@@ -223,40 +271,18 @@ def run_rank(
         num_threads=threads,
         launcher_pid=os.getpid(),
     )
-    secret = process.load_secret()  # fail here, with exit code 2, if it is unusable
-    run_dir = make_run_dir()
-    coordinator: Coordinator | None = None
-    try:
-        process = dataclasses.replace(process, run_dir=str(run_dir))
-        if rank == 0:
-            coordinator = Coordinator(
-                bind=f"tcp://*:{coordinator_port}",
-                world_size=world_size,
-                has_dealer=dealer,
-                transport="tcp",
-                security=Security(secret, world_size),
-                timeout_s=config.rendezvous_timeout_s,
-            )
-        name = "dealer" if process.is_dealer else f"party {rank}"
-        env = {**_base_env(config, None), **process.to_env()}
-        spec = ChildSpec(
-            name=name,
-            argv=child_argv(["dealer"] if process.is_dealer else mode),
-            env=env,
-            is_dealer=process.is_dealer,
-        )
-        _warn(warning, err)
-        if coordinator is not None:
-            coordinator.start()
-        return Supervisor(
-            [spec],
-            run_dir=run_dir,
-            out=out,
-            err=err,
-            coordinator=coordinator,
-            max_time_s=max_time_s,
-        ).run()
-    finally:
-        if coordinator is not None:
-            coordinator.close()
-        remove_run_dir(run_dir)
+    # Fail here, with exit code 2, if the secret is unusable; the child gets it by pipe.
+    secret = given.load_secret(allow_shared_file=allow_shared_secret_file)
+    process = dataclasses.replace(given, secret_file=None, secret=None)
+    return _run_session(
+        mode,
+        [process],
+        config=config,
+        secret=secret,
+        coordinator_bind=f"tcp://*:{coordinator_port}" if rank == 0 else None,
+        run_dir=None,
+        out=out,
+        err=err,
+        warning=warning,
+        max_time_s=max_time_s,
+    )

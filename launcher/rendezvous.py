@@ -20,9 +20,10 @@ The coordinator checks that every hello agrees with its own world size, dealer f
 and version, that no rank arrives twice, and answers everyone with the same error if not. Every
 rank must arrive within ``timeout_s`` of the *first* hello — counting from the coordinator's start
 would charge the parties' start-up (importing torch takes seconds on a busy host) to the
-timeout — otherwise the rendezvous fails with a message naming the missing ranks. Over TCP the sockets use CurveZMQ keys bound to the session
-secret: a process with another secret fails the handshake, which the client notices through a
-socket monitor and reports as :class:`~crypten_lite.errors.AuthenticationError`.
+timeout — otherwise the rendezvous fails with a message naming the missing ranks. Over TCP the
+sockets use CurveZMQ keys bound to the session secret: a process with another secret fails the
+handshake, which the client notices through a socket monitor and reports as
+:class:`~crypten_lite.errors.AuthenticationError`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class Coordinator:
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._monitor = self._router.get_monitor_socket(_HANDSHAKE_FAILED)
         self._arrived: dict[int, tuple[bytes, dict[str, Any]]] = {}
+        self._rejected: list[bytes] = []  # who said a hello that was refused: told the error too
         self._failed_handshakes = 0
         self._deadline: float | None = None  # set by the first hello
         self._stop = threading.Event()
@@ -184,22 +186,19 @@ class Coordinator:
         }
         for key, value in mine.items():
             if hello.get(key) != value:
-                self._arrived[-1 - len(self._arrived)] = (ident, hello)
-                self._fail(
-                    "mismatch",
+                self._reject(
+                    ident,
                     f"rendezvous failed: {who}{where} was started with {key} "
                     f"{hello.get(key)!r}, the coordinator with {value!r}",
                 )
                 return
         if rank not in self.expected:
-            self._arrived[-1 - len(self._arrived)] = (ident, hello)
-            self._fail("mismatch", f"rendezvous failed: rank {rank!r}{where} is out of range")
+            self._reject(ident, f"rendezvous failed: rank {rank!r}{where} is out of range")
             return
         if rank in self._arrived:
             first = self._arrived[rank][1]
-            self._arrived[-1 - len(self._arrived)] = (ident, hello)
-            self._fail(
-                "mismatch",
+            self._reject(
+                ident,
                 f"rendezvous failed: {who} arrived twice (host {first.get('host')}, pid "
                 f"{first.get('pid')}, and{where[1:-1]})",
             )
@@ -231,10 +230,16 @@ class Coordinator:
             msg += f"; {self._security.denied} connection(s) used a key not derived from the secret"
         return msg
 
+    def _reject(self, ident: bytes, message: str) -> None:
+        """Refuse a hello that does not fit the session: the whole rendezvous fails."""
+        self._rejected.append(ident)
+        self._fail("mismatch", message)
+
     def _fail(self, reason: str, message: str) -> None:
+        """Answer everyone who said hello (accepted or refused) with the same error."""
         self.error = message
         self._reason = reason
-        for ident, _ in self._arrived.values():
+        for ident in [*(ident for ident, _ in self._arrived.values()), *self._rejected]:
             self._reply(ident, {"kind": "error", "reason": reason, "message": message})
         self.done.set()
 

@@ -32,7 +32,6 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import zmq
 from cryptography.hazmat.primitives import hashes
@@ -48,6 +47,7 @@ __all__ = [
     "generate_secret",
     "load_secret",
     "rank_name",
+    "read_secret_fd",
 ]
 
 MIN_SECRET_BYTES = 16
@@ -65,20 +65,33 @@ def generate_secret() -> bytes:
     return secrets.token_hex(32).encode("ascii")
 
 
-def load_secret(*, path: str | os.PathLike[str] | None, value: str | None) -> bytes:
+def load_secret(
+    *, path: str | os.PathLike[str] | None, value: str | None, allow_shared_file: bool = False
+) -> bytes:
     """The session secret from a file (preferred) or from a string (``CRYPTEN_LITE_SECRET``).
 
-    Surrounding whitespace is stripped, so ``echo SECRET > file`` works.
+    Surrounding whitespace is stripped, so ``echo SECRET > file`` works. Like ssh with a private
+    key, a file that its group or other users may read or write is refused: anyone who can read
+    it can join the session (``allow_shared_file``, the ``--allow-shared-secret-file`` flag,
+    overrides this for a file deliberately shared, e.g. through a group-readable directory).
 
     Raises:
-        ConfigurationError: the file cannot be read, or the secret is shorter than
-            :data:`MIN_SECRET_BYTES` bytes.
+        ConfigurationError: the file cannot be read, is accessible to group or others, or the
+            secret is shorter than :data:`MIN_SECRET_BYTES` bytes.
     """
     if path is not None:
         try:
-            raw = Path(path).read_bytes().strip()
+            with open(path, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode & 0o777
+                raw = f.read().strip()
         except OSError as exc:
             raise ConfigurationError(f"cannot read the session secret file {path}: {exc}") from None
+        if mode & 0o077 and not allow_shared_file:
+            raise ConfigurationError(
+                f"the session secret file {path} has mode {mode:04o}: group or other users can "
+                f"access it, and anyone who reads it can join the session; `chmod 600 {path}` "
+                "(or pass --allow-shared-secret-file if sharing it is deliberate)"
+            )
         origin = f"secret file {path}"
     elif value is not None:
         raw = value.encode("utf-8").strip()
@@ -90,6 +103,28 @@ def load_secret(*, path: str | os.PathLike[str] | None, value: str | None) -> by
             f"the session secret in {origin} has {len(raw)} bytes; use at least "
             f"{MIN_SECRET_BYTES} random bytes (e.g. `crypten-lite secret FILE`)"
         )
+    return raw
+
+
+def read_secret_fd(fd: int) -> bytes:
+    """Read a secret that a launcher wrote into the pipe ``fd`` (then closed), and close ``fd``.
+
+    This is how a launcher hands the session secret to the processes it starts: through an
+    inherited pipe, never a file, an environment variable or a command line.
+
+    Raises:
+        ConfigurationError: ``fd`` cannot be read (already consumed, or not a pipe).
+    """
+    chunks = []
+    try:
+        with os.fdopen(fd, "rb", closefd=True) as pipe:
+            while chunk := pipe.read(4096):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the session secret from fd {fd}: {exc}") from None
+    raw = b"".join(chunks).strip()
+    if len(raw) < MIN_SECRET_BYTES:
+        raise ConfigurationError(f"the session secret handed over on fd {fd} is too short")
     return raw
 
 

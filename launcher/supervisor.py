@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from crypten_lite.launcher.rendezvous import Coordinator
+from crypten_lite.launcher.session import ENV_SECRET_FD
 
 __all__ = ["ChildSpec", "Interrupted", "Outcome", "Supervisor", "failure_file"]
 
@@ -53,12 +54,17 @@ def failure_file(run_dir: Path, name: str) -> Path:
 
 @dataclass
 class ChildSpec:
-    """One process to start: ``name`` is ``"party <r>"`` or ``"dealer"``."""
+    """One process to start: ``name`` is ``"party <r>"`` or ``"dealer"``.
+
+    ``secret``, when given, reaches the child through an inherited pipe named by
+    ``CRYPTEN_LITE_SECRET_FD`` (written and closed before the child runs; never a file).
+    """
 
     name: str
     argv: list[str]
     env: dict[str, str]
     is_dealer: bool = False
+    secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -157,14 +163,28 @@ class Supervisor:
         pipe.close()
 
     def _start(self, spec: ChildSpec) -> _Child:
-        proc = subprocess.Popen(
-            spec.argv,
-            env=spec.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own process group: stop it and its descendants together
-        )
+        env = spec.env
+        pass_fds: tuple[int, ...] = ()
+        if spec.secret is not None:
+            # A pipe holds the secret: 64 bytes fit its buffer, so the write cannot block, and
+            # the child's read ends at EOF because this end is closed before it starts.
+            read_end, write_end = os.pipe()
+            with os.fdopen(write_end, "wb") as secret_pipe:
+                secret_pipe.write(spec.secret)
+            env, pass_fds = {**env, ENV_SECRET_FD: str(read_end)}, (read_end,)
+        try:
+            proc = subprocess.Popen(
+                spec.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                start_new_session=True,  # own process group: stop it and its descendants together
+            )
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         child = _Child(spec, proc)
         assert proc.stdout is not None and proc.stderr is not None
         for pipe, sink, is_err in ((proc.stdout, self._out, False), (proc.stderr, self._err, True)):

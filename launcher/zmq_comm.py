@@ -31,10 +31,16 @@ Socket layout (one process = one rank; the dealer is rank ``world_size``)::
   (``send``, ``exchange``, ``broadcast``, ``gather``; the other collectives are built on them)
   waits with a :class:`zmq.MessageTracker` until libzmq has released its large payloads before
   returning — this waits for the local I/O thread, never for the peer's application. Smaller
-  payloads are copied into the message at once. (A new sending method of the base class must
-  be added to that list.)
-* High-water marks are 0 (unlimited) on both ends: ZeroMQ never drops a message and ``send``
-  never blocks; memory is bounded by the protocol, which sends one round before it receives.
+  payloads are copied into the message at once. The wait is the base class's
+  ``_round_done`` hook, which every public operation calls when it completes.
+* Memory a peer can make this rank hold, per peer: at most ``RCVHWM`` (:data:`_RCVHWM`)
+  messages inside libzmq — when that pipe is full libzmq stops reading the connection and TCP
+  pushes back on the sender — and at most ``max_queued_bytes`` of payload read ahead into the
+  peer's inbox while this rank waits for someone else. A peer that goes past the inbox bound
+  (it runs ahead of the protocol, or holds the secret and floods) is a
+  :class:`~crypten_lite.errors.ProtocolError` naming it and the bound; the launcher then stops
+  the session. The sending side's high-water mark is 0 (unlimited): ``send`` never blocks, so
+  backpressure can never deadlock two parties that both send before they receive.
 * ``linger`` is 0 on every socket, so no error path can hang on exit. Only a graceful
   :meth:`ZmqCommunicator.close` gives the PUSH sockets a bounded linger (``close_linger_s``)
   so the last messages of a program are delivered, and closes them in their own context first;
@@ -71,6 +77,9 @@ _GONE_GRACE_S = 1.0
 # A blocked receive wakes up this often to look for disconnected peers and the deadline.
 _SLICE_MS = 250
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+# Messages libzmq buffers per incoming connection before it stops reading it (backpressure).
+# A protocol round is one message per peer, so this is far more than any honest peer needs.
+_RCVHWM = 256
 
 
 def _new_context() -> zmq.Context[zmq.Socket[bytes]]:
@@ -95,6 +104,9 @@ class ZmqCommunicator(Communicator):
         security: CURVE settings; with a secret, every socket uses CurveZMQ.
         timeout_s: seconds to wait for one expected message.
         max_message_bytes: largest payload accepted.
+        max_queued_bytes: most payload bytes one peer may have waiting in this rank's inbox
+            (default: ``max_message_bytes``, i.e. one largest message ahead); see the module
+            docstring.
         has_dealer: whether rank ``world_size`` is a dealer process.
         close_linger_s: at most this long, :meth:`close` waits for queued messages to leave.
     """
@@ -108,6 +120,7 @@ class ZmqCommunicator(Communicator):
         security: Security,
         timeout_s: float,
         max_message_bytes: int = 1 << 32,
+        max_queued_bytes: int | None = None,
         has_dealer: bool = False,
         close_linger_s: float = 10.0,
     ) -> None:
@@ -127,8 +140,9 @@ class ZmqCommunicator(Communicator):
         # (Context.term) before the receive side closes (see the module docstring).
         self._recv_ctx = _new_context()
         self._send_ctx = _new_context()
+        self._max_queued = max_message_bytes if max_queued_bytes is None else max_queued_bytes
         self._pull = self._recv_ctx.socket(zmq.PULL)
-        self._pull.rcvhwm = 0
+        self._pull.rcvhwm = _RCVHWM
         self._pull.rcvtimeo = _SLICE_MS
         # The header is tiny, so the largest legal frame is the payload limit.
         self._pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
@@ -145,6 +159,7 @@ class ZmqCommunicator(Communicator):
         self._inbox: dict[int, deque[tuple[Header, torch.Tensor]]] = {
             r: deque() for r in self._others
         }
+        self._queued: dict[int, int] = dict.fromkeys(self._others, 0)  # payload bytes in inbox
         self._gone: dict[int, float] = {}
         self._unsent: list[tuple[int, bytes, zmq.MessageTracker]] = []
         self._expecting: tuple[int, str, int] | None = None
@@ -190,7 +205,9 @@ class ZmqCommunicator(Communicator):
         if inbox is None:
             raise ProtocolError(f"{self.me}: no connection with rank {src}")
         if inbox:
-            return inbox.popleft()
+            header, tensor = inbox.popleft()
+            self._queued[src] -= header.nbytes
+            return header, tensor
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -204,7 +221,25 @@ class ZmqCommunicator(Communicator):
                 continue
             if header.sender == src:
                 return header, tensor
-            self._inbox[header.sender].append((header, tensor))
+            self._hold(src, header, tensor)
+
+    def _hold(self, src: int, header: Header, tensor: torch.Tensor) -> None:
+        """File a message from another peer while waiting for ``src``, within the byte bound.
+
+        Raises:
+            ProtocolError: the sender would have more than ``max_queued_bytes`` waiting.
+        """
+        peer = header.sender
+        queued = self._queued[peer] + header.nbytes
+        if queued > self._max_queued:
+            raise ProtocolError(
+                f"{self.me}: {self._name(peer)} sent {queued} bytes ahead of the protocol "
+                f"(up to '{header.tag}' #{header.seq}) while {self.me} waited for "
+                f"{self._expected_text(src)}: more than the bound of {self._max_queued} bytes "
+                "queued per peer; stopping the session"
+            )
+        self._queued[peer] = queued
+        self._inbox[peer].append((header, tensor))
 
     # ----------------------------------------------------------------- receiving
     def _receive(self, src: int) -> tuple[Header, torch.Tensor]:
@@ -343,26 +378,9 @@ class ZmqCommunicator(Communicator):
                     f"{self.timeout_s:g} s"
                 ) from None
 
-    def send(self, dst: int, tensor: torch.Tensor, tag: str) -> None:
-        super().send(dst, tensor, tag)
-        self._wait_sent()
-
-    def exchange(
-        self, tensors: torch.Tensor | Mapping[int, torch.Tensor], tag: str
-    ) -> dict[int, torch.Tensor]:
-        received = super().exchange(tensors, tag)
-        self._wait_sent()
-        return received
-
-    def broadcast(self, tensor: torch.Tensor | None, src: int, tag: str) -> torch.Tensor:
-        result = super().broadcast(tensor, src, tag)
-        self._wait_sent()
-        return result
-
-    def gather(self, tensor: torch.Tensor, dst: int, tag: str) -> list[torch.Tensor] | None:
-        result = super().gather(tensor, dst, tag)
-        self._wait_sent()
-        return result
+    def _round_done(self) -> None:
+        if self._unsent:
+            self._wait_sent()
 
     # ----------------------------------------------------------------- shutdown
     def close(self) -> None:

@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 RESULT = re.compile(r"^\[party (\d+)\] RESULT (\{.*\})$", re.MULTILINE)
-MAX_TIME_S = 100  # per example run, enforced by the launcher
+# Per example run, enforced by the launcher: a bound for a hung run, not a speed requirement, so
+# it is generous enough for a machine loaded several times over (make test-loaded).
+MAX_TIME_S = 300
 
 needs_sklearn = pytest.mark.skipif(
     find_spec("sklearn") is None,
@@ -37,7 +39,7 @@ def launch(example: str, *args: str, parties: int = 2) -> dict[int, dict[str, An
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTEN_LITE_")}
     env["MPLBACKEND"] = "Agg"
     command = [sys.executable, "-m", "crypten_lite.launcher", "launch", "-n", str(parties)]
-    command += ["--dealer", "--timeout", "30", "--max-time", str(MAX_TIME_S)]
+    command += ["--dealer", "--timeout", "120", "--max-time", str(MAX_TIME_S)]
     command += [f"examples/{example}", "--quick", *args]
     proc = subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=MAX_TIME_S + 20
@@ -53,7 +55,7 @@ def assert_close_to_plaintext(result: dict[str, Any], points: float = 0.02) -> N
 
 
 @needs_sklearn
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(MAX_TIME_S + 60)
 def test_private_inference_agrees_with_plaintext_on_every_digit() -> None:
     result = launch("private_inference.py")[1]  # the data owner learns the predictions
     assert result["n_images"] == 360  # the whole digits test split
@@ -64,7 +66,7 @@ def test_private_inference_agrees_with_plaintext_on_every_digit() -> None:
 
 
 @needs_sklearn
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(MAX_TIME_S + 60)
 def test_three_parties_give_the_same_predictions() -> None:
     results = launch("three_parties.py", parties=3)
     assert set(results) == {1}, "only the data owner may learn (and print) the results"
@@ -75,7 +77,7 @@ def test_three_parties_give_the_same_predictions() -> None:
 
 
 @needs_sklearn
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(MAX_TIME_S + 60)
 def test_private_training_matches_plaintext_training(tmp_path: Path) -> None:
     pytest.importorskip("tqdm", reason="tqdm is not installed (pip install -e '.[examples]')")
     pytest.importorskip("matplotlib", reason="matplotlib is not installed")
@@ -88,14 +90,14 @@ def test_private_training_matches_plaintext_training(tmp_path: Path) -> None:
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(MAX_TIME_S + 60)
 def test_transformer_inference_agrees_with_plaintext() -> None:
     result = launch("transformer_inference.py")[1]
     assert result["agreement"] >= 0.98, result
     assert_close_to_plaintext(result)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(MAX_TIME_S + 60)
 @pytest.mark.parametrize("parties", [2, 3])
 def test_millionaires_name_the_richest(parties: int) -> None:
     results = launch("millionaires.py", parties=parties)

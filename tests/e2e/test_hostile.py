@@ -360,19 +360,23 @@ def test_magic_and_version_are_checked() -> None:
 
 # --------------------------------------------------------------------------- rogue host
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_rogue_host_without_secret_cannot_join_or_inject(
-    make_network: Callable[[int, str], Network], secret_file: Path, job: Path
+    make_network: Callable[[int, str], Network], secret_file: Path, job: Path, tmp_path: Path
 ) -> None:
     """A fourth host, without the secret, attacks the coordinator, party 0 and the dealer
     while a 2-party session runs; the session completes correctly and every CurveZMQ handshake
-    of the rogue fails (while its TCP connections do reach the sockets)."""
+    of the rogue fails (while its TCP connections do reach the sockets).
+
+    The session multiplies until the test writes ``stop`` (after the rogue is done), so the
+    attack always meets a running session however slow either side is."""
     net = make_network(4, "none")
+    stop = tmp_path / "stop"
     session = MultiHostSession(
         net,
         2,
         job,
-        ["--loop", "100", "--sleep", "0.05"],
+        ["--loop", "1000000", "--sleep", "0.05", "--until", str(stop)],
         secret_file=secret_file,
         timeout_s=30.0,
         rendezvous_timeout_s=60.0,
@@ -404,9 +408,10 @@ def test_rogue_host_without_secret_cannot_join_or_inject(
         env=clean_env(session.tag),
         name="rogue",
     )
-    assert rogue.wait(60.0) == 0, rogue.describe()
+    assert rogue.wait(150.0) == 0, rogue.describe()
     report = json.loads(rogue.wait_for_line(r"^REPORT (.*)", 1.0)[1])
     still_running = all(p.popen.poll() is None for p in session.procs.values())
+    stop.write_text("rogue done")  # the event that ends the parties' loop
 
     codes = session.wait(90.0)
     assert codes == {0: 0, 1: 0, 2: 0}, session.describe()
@@ -414,7 +419,7 @@ def test_rogue_host_without_secret_cannot_join_or_inject(
     assert result == session.result(1), session.describe()
     assert "desynchronised" not in session.describe() and "malformed" not in session.describe()
 
-    assert still_running, "the session ended before the rogue was done: lengthen --loop"
+    assert still_running, "the session ended before the rogue was done"
     for target in targets:
         name = target["name"]
         attempts = report[name]

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 import crypten_lite
 from crypten_lite.config import Config
@@ -16,6 +17,13 @@ from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolErr
 from crypten_lite.launcher.api import launch
 from crypten_lite.launcher.security import rank_name
 from crypten_lite.wire import encode_header
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 pytestmark = [
     pytest.mark.multiprocess,
@@ -129,6 +137,17 @@ def test_malformed_frames_raise_protocol_error_and_the_socket_survives() -> None
     assert seen[-1] == "[7, 8]"
 
 
+def _wait_handshake_outcome(monitor: zmq.Socket[bytes], bound_s: float = 30.0) -> None:
+    """Read socket events until the handshake's outcome (a bound for broken runs only)."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        if monitor.poll(50):
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            if event & (_HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED):
+                return
+    raise AssertionError("no handshake outcome within the bound")
+
+
 def rogue_clients() -> dict[str, int]:
     """Party 1 plays an attacker without the secret against party 0's CURVE socket."""
     party = crypten_lite.get_party()
@@ -143,14 +162,17 @@ def rogue_clients() -> dict[str, int]:
         ]
         ctx = zmq.Context()
         plain = ctx.socket(zmq.PUSH)  # no CURVE at all
-        plain.connect(endpoint)
-        plain.send_multipart(forged)
         own_keys = ctx.socket(zmq.PUSH)  # CURVE with a key pair not derived from the secret
         own_keys.curve_publickey, own_keys.curve_secretkey = zmq.curve_keypair()
         own_keys.curve_serverkey = server_key
-        own_keys.connect(endpoint)
-        own_keys.send_multipart(forged)
-        time.sleep(1.5)  # ample time for a forged message to arrive first, were it admitted
+        monitors = [sock.get_monitor_socket() for sock in (plain, own_keys)]
+        for sock in (plain, own_keys):
+            sock.connect(endpoint)
+            sock.send_multipart(forged)
+        # Wait for each handshake's outcome (the event), so a forged message, were it admitted,
+        # would have gone out before the real one below.
+        for monitor in monitors:
+            _wait_handshake_outcome(monitor)
         comm.send(0, torch.tensor([42]), "x")
         comm.barrier()
         ctx.destroy(linger=0)
@@ -172,3 +194,30 @@ def test_rogue_clients_without_the_secret_cannot_inject_over_tcp() -> None:
     )[0]
     assert result["value"] == 42  # the real message, not the forged 666
     assert result["denied"] >= 1  # the ZAP handler refused the foreign key
+
+
+def flood_ahead() -> None:
+    """Party 1 runs ahead of the protocol with 512 KiB messages for party 0, which waits for
+    party 2 (who waits too): party 0 may hold only ``max_message_bytes`` of them."""
+    party = crypten_lite.get_party()
+    comm = party.comm
+    if party.rank == 1:
+        for _ in range(8):
+            comm.send(0, torch.zeros(1 << 16, dtype=torch.int64), "flood")
+    comm.recv(2 if party.rank == 0 else 0, "never.sent")
+
+
+def test_a_peer_past_its_byte_bound_ends_the_session_with_a_clear_error() -> None:
+    with pytest.raises(PartyFailedError) as info:
+        launch(
+            flood_ahead,
+            3,
+            dealer=False,
+            config=Config(timeout_s=60.0, max_message_bytes=1 << 20),
+            timeout_s=120.0,
+            quiet=True,
+        )
+    message = str(info.value)
+    assert "party 0 failed" in message
+    assert re.search(r"party 0: party 1 sent \d+ bytes ahead of the protocol", message), message
+    assert f"bound of {1 << 20} bytes queued per peer" in message

@@ -3,6 +3,7 @@ environment parsing and ``launch()`` argument checks. No child processes, so the
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -75,7 +76,36 @@ def test_short_or_missing_secrets_are_refused(tmp_path: Any) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_secret(path=tmp_path / "missing", value=None)
     (tmp_path / "key").write_text(" " + "k" * 20 + "\n")
+    (tmp_path / "key").chmod(0o600)
     assert load_secret(path=tmp_path / "key", value=None) == b"k" * 20
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o606])
+def test_a_secret_file_others_can_access_is_refused_unless_allowed(
+    tmp_path: Any, mode: int
+) -> None:
+    """As ssh does for a private key: anyone who can read the file can join the session."""
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    key.chmod(mode)
+    with pytest.raises(ConfigurationError, match=rf"mode {mode:04o}.*chmod 600"):
+        load_secret(path=key, value=None)
+    assert load_secret(path=key, value=None, allow_shared_file=True) == b"k" * 32
+    key.chmod(0o400)
+    assert load_secret(path=key, value=None) == b"k" * 32
+
+
+def test_the_secret_reaches_a_child_through_a_pipe_once(tmp_path: Any) -> None:
+    """``CRYPTEN_LITE_SECRET_FD``: read once (the pipe is consumed), remembered afterwards."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, SECRET)
+    os.close(write_end)
+    env = {"RANK": "0", "WORLD_SIZE": "2", "CRYPTEN_LITE_COORDINATOR": "ipc:///x"}
+    process = ProcessEnv.from_env({**env, "CRYPTEN_LITE_SECRET_FD": str(read_end)})
+    assert process.load_secret() == SECRET
+    assert process.load_secret() == SECRET
+    with pytest.raises(OSError):
+        os.fstat(read_end)  # closed after reading
 
 
 # ----------------------------------------------------------------- rendezvous
@@ -188,3 +218,69 @@ def test_launch_needs_an_importable_function() -> None:
         launch(nested, 2)
     with pytest.raises(ConfigurationError, match="at least 2"):
         launch(_module_level, 1)
+
+
+# ----------------------------------------------------------------- memory bound per peer
+def test_a_peer_running_ahead_past_the_byte_bound_is_named() -> None:
+    """Party 1 floods party 0 while party 0 waits for party 2: party 0 holds at most
+    ``max_queued_bytes`` of party 1's messages, then fails naming party 1 and the bound."""
+    from crypten_lite.launcher.zmq_comm import ZmqCommunicator
+
+    def comm(rank: int, **kw: Any) -> ZmqCommunicator:
+        return ZmqCommunicator(
+            rank, 3, bind="tcp://127.0.0.1:*", security=Security(None, 3), timeout_s=20.0, **kw
+        )
+
+    victim = comm(0, max_message_bytes=4096, max_queued_bytes=10_000)
+    others = [comm(1), comm(2)]
+    comms = [victim, *others]
+    table = {c.rank: c.endpoint for c in comms}
+    try:
+        for c in comms:
+            c.connect_peers(table)
+        block = torch.zeros(500, dtype=torch.int64)  # 4000 bytes: under the message limit
+        others[0].send(0, block, "flood")
+        others[0].send(0, block, "flood")  # 8000 bytes queued: within the bound
+        others[0].send(0, block, "flood")  # 12000: past it
+        # Party 2 sends nothing, so party 0 reads (and must hold) the whole flood while it
+        # waits: the error does not depend on which connection libzmq serves first.
+        with pytest.raises(ProtocolError) as info:
+            victim.recv(2, "late")
+        message = str(info.value)
+        assert "party 0: party 1 sent 12000 bytes ahead of the protocol" in message
+        assert "'late' #0 from party 2" in message and "bound of 10000 bytes" in message
+    finally:
+        for c in comms:
+            c.abort()
+
+
+def test_messages_within_the_byte_bound_are_delivered_in_order() -> None:
+    from crypten_lite.launcher.zmq_comm import ZmqCommunicator
+
+    comms = [
+        ZmqCommunicator(
+            r,
+            3,
+            bind="tcp://127.0.0.1:*",
+            security=Security(None, 3),
+            timeout_s=20.0,
+            max_message_bytes=4096,
+            max_queued_bytes=8000,
+        )
+        for r in range(3)
+    ]
+    table = {c.rank: c.endpoint for c in comms}
+    try:
+        for c in comms:
+            c.connect_peers(table)
+        for i in range(2):
+            comms[1].send(0, torch.full((500,), i, dtype=torch.int64), "ahead")
+        comms[2].send(0, torch.ones(1, dtype=torch.int64), "x")
+        assert comms[0].recv(2, "x").tolist() == [1]  # files party 1's 8000 bytes meanwhile
+        assert [int(comms[0].recv(1, "ahead")[0]) for _ in range(2)] == [0, 1]
+        comms[1].send(0, torch.full((500,), 2, dtype=torch.int64), "ahead")
+        comms[2].send(0, torch.ones(1, dtype=torch.int64), "x")
+        assert comms[0].recv(2, "x").tolist() == [1]  # the inbox was emptied: room again
+    finally:
+        for c in comms:
+            c.abort()

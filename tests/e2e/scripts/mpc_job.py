@@ -13,6 +13,10 @@ reveal them and print one line ``RESULT {json}`` (each value rounded to 6 decima
 Options:
     --loop N: afterwards run N more multiplications, sleeping ``--sleep`` seconds between them;
         prints ``LOOP pid=<pid>`` first (the fault tests kill processes during this loop).
+    --until PATH: with ``--loop``, stop as soon as PATH exists instead of after N rounds. Party 0
+        looks for the file before every multiplication and broadcasts what it saw, so every
+        party stops after the same multiplication (SPMD): a test ends the session on an event
+        (it writes the file) instead of hoping N rounds outlast what it does meanwhile.
     Environment ``E2E_PROTOCOL_VERSION``: pretend to be a build speaking another protocol
         version (the launcher offers no such switch; this simulates a mismatched install).
 """
@@ -58,10 +62,17 @@ def _rounded(t: torch.Tensor | None) -> list[float]:
     return [round(float(v), 6) for v in t.reshape(-1).tolist()]
 
 
+def _stop_requested(path: str, party: crypten_lite.party.Party) -> bool:
+    """Party 0's view of "does ``path`` exist?", the same on every party (one broadcast)."""
+    seen = torch.tensor(1 if party.rank == 0 and os.path.exists(path) else 0, dtype=torch.uint8)
+    return bool(party.comm.broadcast(seen if party.rank == 0 else None, 0, "e2e.until").item())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--loop", type=int, default=0)
     ap.add_argument("--sleep", type=float, default=0.05)
+    ap.add_argument("--until", default=None)
     args = ap.parse_args()
     version = os.environ.get("E2E_PROTOCOL_VERSION")
     if version:
@@ -91,8 +102,10 @@ def main() -> None:
     if args.loop:
         print(f"LOOP pid={os.getpid()}", flush=True)
         for _ in range(args.loop):
+            if args.until is not None and _stop_requested(args.until, party):
+                break
             arithmetic.mul(shares[0], shares[1], party)
-            time.sleep(args.sleep)
+            time.sleep(args.sleep)  # pacing only (keeps the loop from hogging the CPU)
         print("LOOP done", flush=True)
     crypten_lite.uninit()
 

@@ -4,7 +4,9 @@ Usage: ``python rogue.py TARGETS_JSON`` where TARGETS_JSON is a list of
 ``{"name", "endpoint": "tcp://HOST:PORT", "server_key": z85 public key}``. The server's public
 key is given on purpose: public keys are not secret, so the rogue gets the best start possible.
 
-Per target (all targets at once, one thread each) it tries, each for ``ATTEMPT_S`` seconds:
+Per target (all targets at once, one thread each) it tries, each until the socket monitor
+reports the outcome of the handshake (at most ``ATTEMPT_S`` seconds, a bound for a broken run,
+not a synchronisation: a busy machine only makes the wait longer):
 
 * ``null``: a plaintext (NULL mechanism) PUSH socket sending a well-formed crypten_lite frame;
 * ``curve_random_key``: a CURVE client with a fresh key pair, pinning the real server key;
@@ -32,7 +34,7 @@ from zmq.utils.monitor import parse_monitor_message
 from crypten_lite.launcher.security import Security, rank_name
 from crypten_lite.wire import encode_header
 
-ATTEMPT_S = 1.0
+ATTEMPT_S = 30.0
 _EVENTS = {
     getattr(zmq, name): name.removeprefix("EVENT_")
     for name in dir(zmq)
@@ -40,7 +42,14 @@ _EVENTS = {
 }
 
 
-def _attempt(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, setup: Any) -> list[str]:
+def _attempt(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, setup: Any, *, curve: bool
+) -> list[str]:
+    """The monitor events of one attempt, up to the handshake's outcome.
+
+    A CURVE client learns the outcome as ``HANDSHAKE_*``; a NULL client facing a CURVE server
+    may only see the server hang up (``DISCONNECTED``).
+    """
     sock = ctx.socket(zmq.PUSH)
     setup(sock)
     monitor = sock.get_monitor_socket()
@@ -54,6 +63,8 @@ def _attempt(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, setup: Any) -> 
         if monitor.poll(50):
             event = parse_monitor_message(monitor.recv_multipart())["event"]
             events.append(_EVENTS.get(event, str(event)))
+            if events[-1].startswith("HANDSHAKE") or (not curve and events[-1] == "DISCONNECTED"):
+                break
     sock.disable_monitor()
     monitor.close(linger=0)
     sock.close(linger=0)
@@ -87,9 +98,9 @@ def _attack(
 
     return {
         "tcp_connected": _raw_tcp(endpoint),
-        "null": _attempt(ctx, endpoint, lambda sock: None),
-        "curve_random_key": _attempt(ctx, endpoint, curve_random),
-        "curve_wrong_secret": _attempt(ctx, endpoint, curve_wrong),
+        "null": _attempt(ctx, endpoint, lambda sock: None, curve=False),
+        "curve_random_key": _attempt(ctx, endpoint, curve_random, curve=True),
+        "curve_wrong_secret": _attempt(ctx, endpoint, curve_wrong, curve=True),
     }
 
 
@@ -107,7 +118,7 @@ def main() -> int:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30.0)
+        t.join(4 * ATTEMPT_S)
     ctx.destroy(linger=0)
     print("REPORT " + json.dumps(report), flush=True)
     return 0 if len(report) == len(targets) else 1
