@@ -22,6 +22,7 @@ Two techniques carry most functions:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -37,6 +38,8 @@ from crypten_lite.protocols.polynomial import (
     rescale,
     scale_by_buckets,
     square_many,
+    truncate_dealer_many,
+    truncate_many,
 )
 from crypten_lite.protocols.reduction import max_dim
 
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-_HI = 36  # normalisation covers ring values below 2**36: reals below 2**(36 - f)
+_HI = 60  # normalisation covers ring values below 2**60: reals below 2**(60 - f) = 2**44
 _EXP_SQUARINGS = 6
 
 
@@ -254,17 +257,53 @@ def reciprocal(
 
 
 def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
-    """``[x / y]`` for sharings ``x`` and ``y``: ``x * reciprocal(y)``, one more product.
+    """``[x / y]`` for sharings ``x`` and ``y``, with the relative precision of ``1 / m``
+    (not of ``1 / y`` at scale ``f``, which is 0 for ``|y| >= 2**16``).
 
-    Domain: ``y`` as :func:`reciprocal`. Error: ``|x / y|`` times the reciprocal's relative
-    error, plus ``|x| * 2**-f`` from the reciprocal's rounding and one ulp.
+    1. ``|y|``, ``s = [y < 0]`` (4 rounds); normalise ``|y| = m 2**e`` over the whole range
+       (thresholds ``16**i`` up to ``2**60`` in the ring, 5 rounds).
+    2. ``r = +-1/m`` as in :func:`reciprocal` (degree-12 fit and one Newton step carrying the
+       sign, 6 rounds).
+    3. ``x 2**-e`` (one round, in parallel buckets): the exponents are grouped by 12, group
+       ``g`` multiplies ``x >> 12 g`` (a truncated copy made up front) by its buckets' public
+       ``2**(12 g + 12 - e)``, so every product is ``x 2**-e`` times ``2**(12 + f)`` and exact
+       shifts lose at most one ulp of ``x 2**-e``.
+    4. ``x / y = (x 2**-e) * r`` (1 round).
 
-    Cost: reciprocal + 1 round (16), 16 more bytes per element to each peer.
+    Domain and error: ``|y|`` in ``[2**-16, 2**44)``: relative error ``2e-5`` of ``x / y``
+    plus ulps (``|x 2**-e|`` is at most ``16 |x / y|``). ``|y| >= 2**44`` is read as ``2**44``;
+    ``y = 0`` gives ``x * 2**16`` (the reciprocal's saturation), garbage if that leaves the
+    ring. With 2 parties the products are ``|x / y| * 2**36`` in the ring (local truncation
+    fails with probability ``|x / y| * 2**-28``).
 
+    Cost (2 parties): 17 rounds (the old ``x * reciprocal(y)``: 16, wrong above ``2**16``).
     Security: semi-honest, as :func:`reciprocal` and Beaver products.
     Reference: as :func:`reciprocal`.
     """
-    (out,) = mul_many([(x, reciprocal(y, party))], party, tag="div")
+    f = party.frac_bits
+    scale = internal_scale(party)
+    groups = [0, 12, 24, 36]  # x >> g for the exponents e in [g, g + 12) (and e < 12 with 0)
+    x_shifted = truncate_many([x] * (len(groups) - 1), groups[1:], party)
+    a, sign = abs_and_sign(y, party)
+    bounds, top = _buckets(party, None, None, 4)
+    norm = normalize(a, party, bounds=bounds, top=top)
+    coeffs = fit(_recip, 1.0, 16.0, 12, True)
+    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (r,) = evaluate(t, [coeffs], party, scale, scale)
+    r = _newton_reciprocal(norm.mantissa, r, party, scale, 1, _sigma(sign, party))
+    # bucket exponents: nonpos (y = 0) as e = -f (1/ulp), buckets, and above as the top
+    exps = [-f, *[round(math.log2(b)) for b in norm.bases], (top or 1).bit_length() - 1 - f]
+    view = (-1,) + (1,) * (norm.onehot.dim() - 1)
+    pairs = []
+    for i, g in enumerate(groups):
+        lo = g if i else -(1 << 20)
+        hi = groups[i + 1] if i + 1 < len(groups) else 1 << 20
+        w = [1 << (g + 12 - e) if lo <= e < hi else 0 for e in exps]
+        if any(w):
+            sel = (norm.onehot * torch.tensor(w, dtype=torch.int64).view(view)).sum(0)
+            pairs.append(([x, *x_shifted][i], sel))
+    parts = mul_many(pairs, party, 12, tag="div.scale")  # x 2**-e at scale f
+    (out,) = mul_many([(sum(parts[1:], parts[0]), r)], party, scale, tag="div")
     return out
 
 
@@ -386,20 +425,111 @@ def log(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = 
 
 
 # ---------------------------------------------------------------------------------- powers
+POW_LIMIT_LOG2 = 30  # |x ** p| is exact up to 2**30 (about 1.07e9) and saturates above
+
+
+def _pow_m(p: float) -> Callable[[Tensor], Tensor]:
+    def fn(t: Tensor) -> Tensor:
+        return t**p
+
+    return fn
+
+
+_POW_FNS: dict[float, Callable[[Tensor], Tensor]] = {}
+
+
+def _pow_fit(p: float) -> tuple[float, ...]:
+    """Relative fit of ``m**p`` on ``[1, 2]``, degree 10 (cached per exponent: the same
+    function object each time, so :func:`fit`'s cache hits)."""
+    fn = _POW_FNS.setdefault(p, _pow_m(p))
+    return fit(fn, 1.0, 2.0, 10, True)
+
+
+def _pow_normalized(x: Tensor, p: float, party: Party, limit_log2: float) -> Tensor:
+    """``x**p`` for ``x > 0`` and ``|p| <= 4`` as ``m**p * 2**(e p)`` with ``x = m 2**e``, ``m``
+    in ``[1, 2)``.
+
+    The bucket factors are capped at ``2**(limit_log2 + |p|) / max(m**p)``: a result up to
+    ``2**limit_log2`` always lies in an uncapped bucket (its bucket's lower end is within a
+    factor ``2**|p|`` of it), and a capped bucket's results lie in
+    ``[2**limit_log2, 2**(limit_log2 + |p|)]``. The final product is truncated exactly by the
+    dealer (results of ``2**30`` are ring values of ``2**46``, far past the 2-party local
+    truncation's safe range).
+    """
+    f = party.frac_bits
+    scale = internal_scale(party)
+    bounds, top = _buckets(party, None, None, 1)
+    norm = normalize(x, party, bounds=bounds, top=top)
+    t = public_affine(norm.mantissa, party, f, 2.0, -3.0, scale)
+    (v,) = evaluate(t, [_pow_fit(p)], party, scale, scale)
+    peak = max(1.0, 2.0**p)  # the largest m**p on [1, 2)
+    cap = 2.0 ** (limit_log2 + abs(p)) / peak
+    top_real = (top if top is not None else 1) / 2.0**f
+    zero_or_cap = cap if p < 0 else 0.0  # x <= 0: 1/0-like saturation, or 0
+    factors = [zero_or_cap, *[b**p for b in norm.bases], top_real**p]
+    return _scale_exact(v, norm.onehot, [min(fa, cap) for fa in factors], party, scale)
+
+
+def _scale_exact(
+    v: Tensor, onehot: Tensor, factors: list[float], party: Party, scale_v: int
+) -> Tensor:
+    """``v * factor_bucket`` at scale ``f`` for ``|v| < 16`` at ``scale_v`` and factors up to
+    ``2**30``: factors grouped by 12 binary orders, group ``g`` with ``45 - scale_v - 12 g``
+    fractional bits (relative precision ``2**-25``), products below ``2**61`` truncated
+    exactly by the dealer."""
+    f = party.frac_bits
+    groups: dict[int, list[int]] = {}
+    for i, fa in enumerate(factors):
+        if fa != 0:
+            groups.setdefault(math.floor(math.log2(abs(fa)) / 12), []).append(i)
+    view = (-1,) + (1,) * (onehot.dim() - 1)
+    pairs = []
+    bits = []
+    for g, idx in sorted(groups.items()):
+        b = min(40, max(0, 45 - scale_v - 12 * g))
+        w = torch.tensor(
+            [round(fa * 2.0**b) if i in idx else 0 for i, fa in enumerate(factors)],
+            dtype=torch.int64,
+        ).view(view)
+        if bool(w.any()):  # factors below 2**-40 give results far below one ulp: 0
+            pairs.append((v, (onehot * w).sum(0)))
+            bits.append(scale_v + b - f)
+    if not pairs:
+        return torch.zeros_like(v)
+    prods = mul_many(pairs, party, 0, tag="pow.scale")
+    outs = truncate_dealer_many(prods, bits, party, tag="pow.trunc")
+    return sum(outs[1:], outs[0])
+
+
 def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - torch's name
     """``[x ** p]`` for a public exponent.
 
     * integer ``p >= 0``: square-and-multiply, one round per bit of ``p`` (squarings and
-      partial products of one bit share a round); exact up to one ulp per product.
-    * negative integer ``p``: :func:`reciprocal` of ``x ** -p``.
-    * ``p`` a half-integer: ``x ** floor(p) * sqrt(x)`` (``x >= 0``).
-    * other ``p``: ``exp(p * log(x))`` for ``x > 0`` (domain of :func:`log`, and ``p ln x``
-      in the domain of :func:`exp`).
+      partial products of one bit share a round); exact up to one ulp per product (the
+      caller keeps ``x**p`` inside the ring: no saturation here).
+    * every other ``p`` (negative, fractional): normalise ``|x| = m 2**e`` with ``m`` in
+      ``[1, 2)`` (thresholds ``2**i`` up to ``2**60`` in the ring), ``m**p`` by a degree-10
+      relative fit on ``[1, 2]`` (error below ``1e-6`` for ``|p| <= 4``), times the public
+      per-bucket factor ``2**(e p)`` in one product truncated exactly by the dealer. For an
+      integer ``p < 0`` the sign ``(-1)**p`` of ``x`` is applied by one more product (4 rounds
+      for the sign comparison run first).
 
-    Cost: as the pieces used.
+    Domain, error and saturation (one rule, the same on every party, nothing revealed):
+    results are correct to a relative ``1e-4`` plus 2 ulps wherever ``|x**p| <= 2**30``
+    (about ``1.07e9``; e.g. ``0.01 ** -3 = 1e6`` and ``0.001 ** -3 = 1e9`` fit, ``1e-5 ** -3``
+    does not) and ``|x|`` lies in ``[2**-16, 2**44)``. Larger results saturate: they come
+    out between ``2**30`` and ``2**(30 + |p|)``, never garbage; ``x = 0`` with ``p < 0`` gives
+    a value in that range. Non-integer ``p`` with ``x <= 0`` (``nan`` in torch) gives 0 for
+    ``p > 0`` and the saturated value for ``p < 0``. ``|x| >= 2**44`` is treated as ``2**44``.
+    ``|p| > 4``: ``(x**(p/k))**k`` with ``k`` a power of two and exact squarings (relative
+    error times ``k``); correct up to ``2**(30 - |p|)``, saturated results up to ``2**30``. ``|p| > 16`` (not integer, or negative) raises
+    ``ValueError`` on every party (results would leave the ring).
 
+    Cost (2 parties): normalisation 5 rounds, polynomial 4, the factor product with its exact
+    truncation 2 (11 rounds; +5 for a negative integer ``p``: sign comparison and product);
+    about ``8 + 5 * 61`` bytes per element for the thresholds plus the products.
     Security: semi-honest, as the pieces.
-    Reference: square-and-multiply; the rest as :func:`reciprocal`, :func:`sqrt`, :func:`exp`.
+    Reference: square-and-multiply; normalisation as in Aly and Smart, ACNS'19.
     """
     p = float(exponent)
     f = party.frac_bits
@@ -424,17 +554,26 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
             base = outs.pop(0)
         assert result is not None
         return result.clone()
+    if abs(p) > 16:
+        raise ValueError(
+            f"party {party.rank}: pow supports |exponent| <= 16 for negative or fractional "
+            f"exponents (results would leave the ring), got {p}"
+        )
+    k = 1 << max(0, math.ceil(math.log2(abs(p) / 4)))  # inner exponent p / k within [-4, 4]
+    # the inner results stay below 2**(30 / k), so the k-th power stays below 2**30
+    inner_limit = POW_LIMIT_LOG2 / k - (abs(p) / k if k > 1 else 0.0)
+    sign = None
     if p.is_integer():
-        return reciprocal(pow(x, -p, party), party)
-    if (2 * p).is_integer() and p > 0:
-        whole = int(math.floor(p))
-        root = sqrt(x, party)
-        if whole == 0:
-            return root
-        (out,) = mul_many([(pow(x, whole, party), root)], party, tag="pow")
-        return out
-    lx = log(x, party)
-    return exp(public_affine(lx, party, f, p, 0.0, f), party)
+        x, sign = abs_and_sign(x, party)
+    mag = _pow_normalized(x, p / k, party, inner_limit)
+    while k > 1:  # squarings with the dealer's exact truncation (values up to 2**46)
+        (sq,) = mul_many([(mag, mag)], party, 0, tag="pow.square")
+        (mag,) = truncate_dealer_many([sq], [f], party, tag="pow.trunc")
+        k //= 2
+    if sign is None or int(p) % 2 == 0:
+        return mag
+    (out,) = mul_many([(mag, _sigma(sign, party))], party, 0, tag="pow.sign")
+    return out
 
 
 def norm(

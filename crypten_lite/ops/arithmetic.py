@@ -21,7 +21,7 @@ from crypten_lite.ops._fixed import (
     neg_value,
     where_values,
 )
-from crypten_lite.ops.approx import reciprocal_value
+from crypten_lite.ops.approx import div_value, reciprocal_value
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten
@@ -80,6 +80,8 @@ def divide(x: Any, y: Any) -> MPCTensor:
     party = find_party(x, y)
     if public_of(y) is not None:
         return div_values(x, y, party)
+    if isinstance(y, MPCTensor) and y.dtype.is_floating_point:
+        return div_value(x, y)  # full-range division (relative precision of x / y)
     return mul_values(x, reciprocal_value(y), party)
 
 

@@ -274,6 +274,7 @@ def test_roots_reciprocal_domain_edges_and_cost(run_parties: Run) -> None:
         check("inv_sqrt", res["inv_sqrt"], xse**-0.5, 1e-4, 2 * ULP)
         cost = res["cost"]
         assert cost["recip"][0] == 15 and cost["recip_pos"][0] == 11, cost
-        assert cost["sqrt"][0] == 9 and cost["inv_sqrt"][0] == 10, cost
+        # full range (to 2**44): 6 more thresholds and the exact mantissa truncation (1 round)
+        assert cost["sqrt"][0] == 10 and cost["inv_sqrt"][0] == 11, cost
         # bytes per element to the peer (padding of small batches adds a little)
-        assert cost["recip"][1] < 265 and cost["sqrt"][1] < 175 and cost["inv_sqrt"][1] < 205
+        assert cost["recip"][1] < 265 and cost["sqrt"][1] < 230 and cost["inv_sqrt"][1] < 260
