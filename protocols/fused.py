@@ -147,7 +147,11 @@ def settle_many(xs: Sequence[Operand], party: Party, *, tag: str = "fused.settle
 
 
 def mul_fused(
-    pairs: Sequence[tuple[Operand, Operand]], party: Party, *, tag: str = "fused.mul"
+    pairs: Sequence[tuple[Operand, Operand]],
+    party: Party,
+    *,
+    tag: str = "fused.mul",
+    settled: dict[int, Tensor] | None = None,
 ) -> list[Tensor]:
     """Elementwise products of operands that may be pending, in one round, untruncated.
 
@@ -164,6 +168,9 @@ def mul_fused(
 
     Args:
         pairs: ``(x, y)`` with shapes that broadcast; a pending operand's ``z`` below ``2**62``.
+
+        settled: if given, receives ``id(p) -> settled value`` for every pending operand ``p``
+            used at its own shape: its truncation comes with the round at no extra cost.
 
     Returns:
         The products, untruncated (at the sum of the operands' scales), broadcast shapes.
@@ -187,6 +194,9 @@ def mul_fused(
     if resolve_method(party) == "local":
         # nothing is pending with local truncation; settle stray pending values locally
         plain = [(settle(x, party), settle(y, party)) for x, y in pairs]
+        if settled is not None:
+            for (x, y), (sx, sy) in zip(pairs, plain, strict=True):
+                settled[id(x)], settled[id(y)] = sx, sy
         pairs = plain
     operands: list[Operand] = []
     index: dict[tuple[int, tuple[int, ...]], int] = {}
@@ -203,7 +213,12 @@ def mul_fused(
                 operands.append(_expand(v, shape))
             ids.append(index[key])
         prods.append((min(ids), max(ids)))
-    _, outs = _fused(operands, prods, party, tag)
+    values, outs = _fused(operands, prods, party, tag)
+    if settled is not None:
+        for (ident, shape), i in index.items():
+            v = operands[i]
+            if isinstance(v, Pending) and v.shape == shape and id(v) == ident:
+                settled[ident] = values[i].view(shape)
     return [o.view(s) for o, s in zip(outs, shapes, strict=True)]
 
 

@@ -24,6 +24,7 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver, material_parts
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
+from crypten_lite.protocols.fused import Operand, Pending, lazy, mul_fused, settle, settle_many
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.truncation import (
     resolve_method,
@@ -39,11 +40,13 @@ __all__ = [
     "fit",
     "internal_scale",
     "mul_many",
+    "mul_many_lazy",
     "normalize",
     "public_affine",
     "rescale",
     "scale_by_buckets",
     "square_many",
+    "square_many_lazy",
     "truncate_dealer_many",
     "truncate_many",
 ]
@@ -123,8 +126,55 @@ def truncate_dealer_many(
     return [t for t in out if t is not None]
 
 
+def _bits_list(bits: int | Sequence[int] | None, n: int, party: Party) -> list[int]:
+    if bits is None:
+        return [party.frac_bits] * n
+    if isinstance(bits, int):
+        return [bits] * n
+    return list(bits)
+
+
+def mul_many_lazy(
+    pairs: Sequence[tuple[Operand, Operand]],
+    party: Party,
+    bits: int | Sequence[int] | None = None,
+    *,
+    tag: str = "approx.mul",
+    settled: dict[int, Tensor] | None = None,
+) -> list[Operand]:
+    """:func:`mul_many` whose truncations are left pending (:mod:`~crypten_lite.protocols.fused`):
+    operands may be :class:`~crypten_lite.protocols.fused.Pending`, their truncation rides in
+    this round, and each product comes back pending (truncated at once with the 2-party local
+    method).
+
+    Cost: 1 round (no truncation round: the next product or :func:`settle` pays it).
+    Security and reference: as :func:`~crypten_lite.protocols.fused.mul_fused`.
+    """
+    if not pairs:
+        return []
+    bits_list = _bits_list(bits, len(pairs), party)
+    zs = mul_fused(pairs, party, tag=tag, settled=settled)
+    return [lazy(z, party, b) for z, b in zip(zs, bits_list, strict=True)]
+
+
+def square_many_lazy(
+    xs: Sequence[Operand],
+    party: Party,
+    bits: int | Sequence[int],
+    *,
+    tag: str = "approx.square",
+    settled: dict[int, Tensor] | None = None,
+) -> list[Operand]:
+    """:func:`square_many` with pending operands and results (see :func:`mul_many_lazy`).
+
+    Cost: 1 round, ``8`` bytes per element to each peer.
+    Security and reference: as :func:`~crypten_lite.protocols.fused.mul_fused`.
+    """
+    return mul_many_lazy([(x, x) for x in xs], party, bits, tag=tag, settled=settled)
+
+
 def mul_many(
-    pairs: Sequence[tuple[Tensor, Tensor]],
+    pairs: Sequence[tuple[Operand, Operand]],
     party: Party,
     bits: int | Sequence[int] | None = None,
     *,
@@ -133,7 +183,8 @@ def mul_many(
     """Products of several pairs in one Beaver round, each truncated by its ``bits``.
 
     Args:
-        pairs: ``(x, y)`` shares (broadcasting within a pair).
+        pairs: ``(x, y)`` shares (broadcasting within a pair); pending operands
+            (:class:`~crypten_lite.protocols.fused.Pending`) are truncated in the same round.
         bits: truncation per product (default ``f``); 0 keeps the full product.
 
     Cost: 1 round, ``8 * (numel x + numel y)`` bytes per pair to each peer, plus one dealer
@@ -144,24 +195,21 @@ def mul_many(
     """
     if not pairs:
         return []
+    if any(isinstance(v, Pending) for pair in pairs for v in pair):
+        out = mul_many_lazy(pairs, party, bits, tag=tag)
+        return settle_many(out, party, tag=tag + ".trunc")
+    plain = [(x, y) for x, y in pairs if isinstance(x, Tensor) and isinstance(y, Tensor)]
     shapes = [torch.broadcast_shapes(x.shape, y.shape) for x, y in pairs]  # type: ignore[no-untyped-call]
-    xs = torch.cat([x.expand(s).reshape(-1) for (x, _), s in zip(pairs, shapes, strict=True)])
-    ys = torch.cat([y.expand(s).reshape(-1) for (_, y), s in zip(pairs, shapes, strict=True)])
+    xs = torch.cat([x.expand(s).reshape(-1) for (x, _), s in zip(plain, shapes, strict=True)])
+    ys = torch.cat([y.expand(s).reshape(-1) for (_, y), s in zip(plain, shapes, strict=True)])
     z = beaver("mul", xs, ys, party, tag=tag)
     chunks = z.split([math.prod(s) for s in shapes])  # type: ignore[no-untyped-call]
     parts = [p.view(s) for p, s in zip(chunks, shapes, strict=True)]
-    f = party.frac_bits
-    if bits is None:
-        bits_list = [f] * len(pairs)
-    elif isinstance(bits, int):
-        bits_list = [bits] * len(pairs)
-    else:
-        bits_list = list(bits)
-    return truncate_many(parts, bits_list, party)
+    return truncate_many(parts, _bits_list(bits, len(pairs), party), party)
 
 
 def square_many(
-    xs: Sequence[Tensor], party: Party, bits: int | Sequence[int], *, tag: str = "approx.square"
+    xs: Sequence[Operand], party: Party, bits: int | Sequence[int], *, tag: str = "approx.square"
 ) -> list[Tensor]:
     """Squares of several sharings in one round with square pairs ``[a], [a*a]``.
 
@@ -172,16 +220,20 @@ def square_many(
     Security: semi-honest; ``a`` uniform, so ``e`` is uniform.
     Reference: Beaver, CRYPTO'91 (square pairs).
     """
-    items = party.dealer.fetch([DealerRequest("square", {"shape": list(x.shape)}) for x in xs])
-    opened = open_shares([x - a for x, (a, _) in zip(xs, items, strict=True)], party, tag=tag)
+    if any(isinstance(x, Pending) for x in xs):
+        out = square_many_lazy(xs, party, bits, tag=tag)
+        return settle_many(out, party, tag=tag + ".trunc")
+    plain = [x for x in xs if isinstance(x, Tensor)]
+    items = party.dealer.fetch([DealerRequest("square", {"shape": list(x.shape)}) for x in plain])
+    opened = open_shares([x - a for x, (a, _) in zip(plain, items, strict=True)], party, tag=tag)
     assert opened is not None
-    zs = [a2 + e * (x + a) for x, (a, a2), e in zip(xs, items, opened, strict=True)]
+    zs = [a2 + e * (x + a) for x, (a, a2), e in zip(plain, items, opened, strict=True)]
     bits_list = [bits] * len(xs) if isinstance(bits, int) else list(bits)
     return truncate_many(zs, bits_list, party)
 
 
 def evaluate(
-    t: Tensor,
+    t: Operand,
     polys: Sequence[Sequence[float]],
     party: Party,
     scale_in: int,
@@ -198,83 +250,141 @@ def evaluate(
     3. Pairs of blocks merge as ``B_2i + u B_2i+1`` with ``u = t**4``, then ``u**2``, ...: one
        round per level; blocks that are constants are scaled locally.
 
-    All polynomials share the powers and every round is one opening. Rounds: 0 (degree <= 1),
-    1 (2), 2 (3..4), 3 (5..7 and 8), 4 (9..15). Products: degree 12 takes 7 (a power ladder
-    takes 11).
+    All polynomials share the powers and every round is one opening. Rounds (2-party local
+    truncation): 0 (degree <= 1), 1 (2), 2 (3..4), 3 (5..7 and 8), 4 (9..15). Products:
+    degree 12 takes 7 (a power ladder takes 11). With exact truncation the truncations are
+    fused into the next products (:func:`evaluate_lazy`): one more round for degree 2..4 (the
+    settled ``t**2``), two more for degree 5 and above (``t**3`` and ``t**4`` settled for the
+    blocks; ``u**2`` when a constant block needs it), plus the final truncation.
 
     Cost: the rounds above; ``8`` bytes per element for the square and ``16`` per other product to
-    each peer, plus one dealer truncation round per product round with more than 2 parties.
-    Security: semi-honest, as Beaver products.
+    each peer.
+    Security: semi-honest, as Beaver products and truncation.
     Reference: Estrin, "Organization of computer systems", 1960; Paterson and Stockmeyer,
     SIAM J. Comput. 1973 (fewer non-scalar products).
+    """
+    outs = evaluate_lazy(t, polys, party, scale_in, scale_out, coeff_bits=coeff_bits)
+    return settle_many(outs, party, tag="poly.trunc")
+
+
+def evaluate_lazy(
+    t: Operand,
+    polys: Sequence[Sequence[float]],
+    party: Party,
+    scale_in: int,
+    scale_out: int,
+    *,
+    coeff_bits: int = 16,
+) -> list[Operand]:
+    """:func:`evaluate` with the results' truncations left pending (for a following product);
+    ``t`` may be pending. Every truncation inside is either fused into the next product or, for
+    values the blocks need as linear terms (``t**2``, ``t**3``, ``u``), settled; each pending
+    value is a product or an exact linear combination below ``2**62`` whenever the
+    non-lazy evaluation's values stay below it.
+
+    Cost, security and reference: as :func:`evaluate`.
     """
     s = scale_in
     deg = max(len(c) for c in polys) - 1
     if deg <= 1:
-        return [_combine([t], c, party, s, scale_out, coeff_bits) for c in polys]
-    (t2,) = square_many([t], party, s, tag="poly.square")
+        tt = settle(t, party)
+        return [_combine_lazy([tt], c, party, s, scale_out, coeff_bits) for c in polys]
+    st: dict[int, Tensor] = {}
+    (t2,) = square_many_lazy([t], party, s, tag="poly.square", settled=st)
+    t_set = st[id(t)] if isinstance(t, Pending) else t
     if deg == 2:
-        return [_combine([t, t2], c, party, s, scale_out, coeff_bits) for c in polys]
+        t2s = settle(t2, party)
+        return [_combine_lazy([t_set, t2s], c, party, s, scale_out, coeff_bits) for c in polys]
     if deg <= 4:
-        inner = [_combine([t, t2], list(c[2:]), party, s, s, coeff_bits) for c in polys]
-        prods = mul_many([(t2, q) for q in inner], party, s, tag="poly.estrin")
-        lows = [_combine([t], list(c[:2]), party, s, s, coeff_bits) for c in polys]
-        return [rescale(lo + p, party, s, scale_out) for lo, p in zip(lows, prods, strict=True)]
-    t3, t4 = mul_many([(t, t2), (t2, t2)], party, s, tag="poly.powers")
-    basis = [t, t2, t3]
-    out_blocks = []
+        t2s = settle(t2, party)
+        inner = [_combine_lazy([t_set, t2s], list(c[2:]), party, s, s, coeff_bits) for c in polys]
+        prods = mul_many_lazy([(t2s, q) for q in inner], party, s, tag="poly.estrin")
+        lows = [_combine_lazy([t_set], list(c[:2]), party, s, s, coeff_bits) for c in polys]
+        return [
+            _rescale_op(_add_op(lo, p), party, s, scale_out)
+            for lo, p in zip(lows, prods, strict=True)
+        ]
+    st = {}
+    t3, t4 = mul_many_lazy([(t_set, t2), (t2, t2)], party, s, tag="poly.powers", settled=st)
+    t2s = st[id(t2)] if isinstance(t2, Pending) else t2
+    t3s, t4s = settle_many([t3, t4], party, tag="poly.trunc")
+    basis = [t_set, t2s, t3s]
+    out_blocks: list[list[Operand | float]] = []
     for c in polys:
-        blocks: list[Tensor | float] = []
+        blocks: list[Operand | float] = []
         for i in range(0, len(c), 4):
             chunk = list(c[i : i + 4])
             if all(v == 0 for v in chunk[1:]):
                 blocks.append(chunk[0])  # a constant block: scaled locally later
             else:
-                blocks.append(_combine(basis, chunk, party, s, s, coeff_bits))
+                blocks.append(_combine_lazy(basis, chunk, party, s, s, coeff_bits))
         out_blocks.append(blocks)
-    u = t4
+    u: Operand = t4s
     while max(len(b) for b in out_blocks) > 1:
-        pairs: list[tuple[Tensor, Tensor]] = []
+        if isinstance(u, Pending) and any(
+            not isinstance(blocks[i], (Tensor, Pending))
+            for blocks in out_blocks
+            for i in range(1, len(blocks), 2)
+        ):
+            u = settle(u, party, tag="poly.trunc")  # a constant block scales u linearly
+        pairs: list[tuple[Operand, Operand]] = []
         need_square = max(len(b) for b in out_blocks) > 2
         for blocks in out_blocks:
             for i in range(1, len(blocks), 2):
-                if isinstance(blocks[i], Tensor):
-                    pairs.append((u, blocks[i]))  # type: ignore[arg-type]
+                hi_b = blocks[i]
+                if isinstance(hi_b, (Tensor, Pending)):
+                    pairs.append((u, hi_b))
         if need_square:
             pairs.append((u, u))
-        prods = mul_many(pairs, party, s, tag="poly.estrin")
+        prods = mul_many_lazy(pairs, party, s, tag="poly.estrin")
         it = iter(prods)
         merged_all = []
         for blocks in out_blocks:
-            merged: list[Tensor | float] = []
+            merged: list[Operand | float] = []
             for i in range(0, len(blocks), 2):
                 lo = blocks[i]
                 if i + 1 == len(blocks):
                     merged.append(lo)
                     continue
                 hi = blocks[i + 1]
-                part = next(it) if isinstance(hi, Tensor) else _scale(u, hi, party, s, coeff_bits)
-                merged.append(_add(lo, part, party, s))
+                if isinstance(hi, (Tensor, Pending)):
+                    part = next(it)
+                else:
+                    assert isinstance(u, Tensor)
+                    part = _scale_lazy(u, hi, party, s, coeff_bits)
+                merged.append(_add_op(lo, part, party, s))
             merged_all.append(merged)
         if need_square:
             u = next(it)
         out_blocks = merged_all
-    results = []
+    results: list[Operand] = []
     for (b,) in out_blocks:
-        val = b if isinstance(b, Tensor) else _constant(b, t, party, s)
-        results.append(rescale(val, party, s, scale_out))
+        val = b if isinstance(b, (Tensor, Pending)) else _constant(b, t_set, party, s)
+        results.append(_rescale_op(val, party, s, scale_out))
     return results
 
 
-def _combine(
+def _rescale_op(x: Operand, party: Party, src: int, dst: int) -> Operand:
+    """:func:`rescale` of an operand, the truncation left pending."""
+    if isinstance(x, Pending):
+        if dst >= src:
+            return Pending(x.share << (dst - src), x.bits)
+        return Pending(x.share, x.bits + src - dst)
+    if dst >= src:
+        return x << (dst - src)
+    return lazy(x, party, src - dst)
+
+
+def _combine_lazy(
     basis: Sequence[Tensor],
     coeffs: Sequence[float],
     party: Party,
     scale_in: int,
     scale_out: int,
     coeff_bits: int,
-) -> Tensor:
-    """``c_0 + sum_{k>=1} c_k basis[k-1]`` (basis at ``scale_in``), exact sum, one truncation."""
+) -> Operand:
+    """``c_0 + sum_{k>=1} c_k basis[k-1]`` (basis at ``scale_in``), exact sum, one pending
+    truncation."""
     acc_scale = scale_in + coeff_bits
     acc = torch.zeros_like(basis[0])
     for b, c in zip(basis, coeffs[1:], strict=False):
@@ -283,11 +393,11 @@ def _combine(
             acc += b * w
     if party.rank == 0 and coeffs:
         acc += round(coeffs[0] * (1 << acc_scale))
-    return rescale(acc, party, acc_scale, scale_out)
+    return _rescale_op(acc, party, acc_scale, scale_out)
 
 
-def _scale(u: Tensor, c: float, party: Party, scale: int, coeff_bits: int) -> Tensor:
-    return rescale(u * round(c * (1 << coeff_bits)), party, scale + coeff_bits, scale)
+def _scale_lazy(u: Tensor, c: float, party: Party, scale: int, coeff_bits: int) -> Operand:
+    return _rescale_op(u * round(c * (1 << coeff_bits)), party, scale + coeff_bits, scale)
 
 
 def _constant(c: float, like: Tensor, party: Party, scale: int) -> Tensor:
@@ -297,10 +407,17 @@ def _constant(c: float, like: Tensor, party: Party, scale: int) -> Tensor:
     return out
 
 
-def _add(a: Tensor | float, b: Tensor, party: Party, scale: int) -> Tensor:
-    if isinstance(a, Tensor):
+def _add_op(a: Operand | float, b: Operand, party: Party | None = None, scale: int = 0) -> Operand:
+    """``a + b`` for operands (pending ones aligned) or a float constant ``a`` at ``scale``."""
+    if not isinstance(a, (Tensor, Pending)):
+        assert party is not None
+        like = b.share if isinstance(b, Pending) else b
+        a = _constant(a, like, party, scale)
+    if isinstance(a, Pending):
         return a + b
-    return _constant(a, b, party, scale) + b
+    if isinstance(b, Pending):
+        return b + a
+    return a + b
 
 
 def public_affine(
