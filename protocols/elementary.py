@@ -28,16 +28,22 @@ import torch
 
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import abs_and_sign
+from crypten_lite.protocols.fused import Operand, Pending, lazy, settle
 from crypten_lite.protocols.polynomial import (
     evaluate,
+    evaluate_lazy,
     fit,
     internal_scale,
     mul_many,
+    mul_many_lazy,
     normalize,
     public_affine,
+    public_affine_lazy,
     rescale,
     scale_by_buckets,
+    scale_by_buckets_lazy,
     square_many,
+    square_many_lazy,
     truncate_dealer_many,
     truncate_many,
 )
@@ -47,11 +53,13 @@ __all__ = [
     "cos",
     "div",
     "exp",
+    "exp_lazy",
     "inv_sqrt",
     "log",
     "norm",
     "pow",
     "reciprocal",
+    "reciprocal_lazy",
     "sin",
     "sqrt",
 ]
@@ -143,41 +151,59 @@ def exp(x: Tensor, party: Party) -> Tensor:
     Reference: range reduction ``exp(x) = exp(x/2**s)**(2**s)`` as in CrypTen (Knott et al.,
     NeurIPS'21), here with a polynomial core instead of the ``(1 + x/2**s)`` limit.
     """
+    return settle(exp_lazy(x, party), party, tag="exp.trunc")
+
+
+def exp_lazy(x: Tensor, party: Party) -> Operand:
+    """:func:`exp` with every truncation fused into the next product and the last one left
+    pending (:mod:`~crypten_lite.protocols.fused`): 10 rounds with exact truncation, 9 of them
+    before the final truncation (18 when each truncation is a round of its own).
+
+    Cost, security and reference: as :func:`exp`.
+    """
     f = party.frac_bits
     s = _EXP_SQUARINGS
     scale = f + s
     coeffs = fit(_exp64, -0.25, 0.25, 4, True)
     # p(y) = sum c_k t**k with t = 4y: rescale the coefficients to y directly.
     c_y = [c * 4.0**k for k, c in enumerate(coeffs)]
-    (v,) = evaluate(x, [c_y], party, scale, scale, coeff_bits=14)
+    (v,) = evaluate_lazy(x, [c_y], party, scale, scale, coeff_bits=14)
     for j in range(s):
-        (v,) = square_many([v], party, scale - j + 1, tag="exp.square")
+        (v,) = square_many_lazy([v], party, scale - j + 1, tag="exp.square")
     return v
 
 
 # ---------------------------------------------------------------------------------- reciprocal
 def _newton_reciprocal(
-    m: Tensor, y: Tensor, party: Party, scale: int, steps: int, sigma: Tensor | None = None
-) -> Tensor:
+    m: Tensor, y: Operand, party: Party, scale: int, steps: int, sigma: Tensor | None = None
+) -> Operand:
     """``y <- y (2 - m y)`` (quadratic convergence); ``m`` at scale f, ``y`` at ``scale``.
 
     With ``sigma`` (``+-1`` ring integers), the first step also forms ``sigma * y`` in its first
-    round and continues with it, so the result carries the sign at no extra round.
+    round and continues with it, so the result carries the sign at no extra round. Truncations
+    are fused into the next product; the result is left pending (2 rounds per step).
     """
     f = party.frac_bits
-    two = 2 << scale
     for i in range(steps):
-        pairs = [(m, y)]
+        pairs: list[tuple[Operand, Operand]] = [(m, y)]
         if i == 0 and sigma is not None:
             pairs += [(y, sigma), (m, sigma)]  # (sigma m, sigma y) keeps m y, flips 1/m
-        outs = mul_many(pairs, party, [f, 0, 0][: len(pairs)], tag="recip.newton")
-        e = -outs[0]
-        if party.rank == 0:
-            e += two
+        outs = mul_many_lazy(pairs, party, [f, 0, 0][: len(pairs)], tag="recip.newton")
+        e = _two_minus(outs[0], party, scale)
         if len(outs) > 1:
-            y, m = outs[1], outs[2]
-        (y,) = mul_many([(y, e)], party, scale, tag="recip.newton")
+            y, m_new = outs[1], outs[2]
+            assert isinstance(m_new, Tensor)  # bits 0: nothing pending
+            m = m_new
+        (y,) = mul_many_lazy([(y, e)], party, scale, tag="recip.newton")
     return y
+
+
+def _two_minus(v: Operand, party: Party, scale: int) -> Operand:
+    """``2 - v`` for ``v`` at ``scale`` (party 0 adds the constant)."""
+    two = torch.zeros_like(v.share if isinstance(v, Pending) else v)
+    if party.rank == 0:
+        two += 2 << scale
+    return -v + two if isinstance(v, Pending) else two - v
 
 
 def _sigma(sign: Tensor, party: Party) -> Tensor:
@@ -231,6 +257,24 @@ def reciprocal(
     Reference: normalisation plus Newton-Raphson as in Catrina and Dragulescu, "Secure division
     with fixed-point numbers", and Aly and Smart (ACNS'19) for MPC reciprocals.
     """
+    return settle(
+        reciprocal_lazy(x, party, positive=positive, lo=lo, hi=hi), party, tag="recip.trunc"
+    )
+
+
+def reciprocal_lazy(
+    x: Tensor,
+    party: Party,
+    *,
+    positive: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Operand:
+    """:func:`reciprocal` with its last truncation left pending for a following product
+    (:mod:`~crypten_lite.protocols.fused`); every inner truncation rides in the next product.
+
+    Cost, security and reference: as :func:`reciprocal`.
+    """
     f = party.frac_bits
     scale = internal_scale(party)
     sigma = None
@@ -241,19 +285,26 @@ def reciprocal(
     if lo is not None and hi is not None and 0 < lo < hi <= 16 * lo:
         # The hint bounds x: fit 1/x on [lo, hi] directly; saturation is the caller's promise.
         coeffs = fit(_recip, float(lo), float(hi), 8, True)
-        t = public_affine(a, party, f, 2 / (hi - lo), -(hi + lo) / (hi - lo), scale)
-        (y,) = evaluate(t, [coeffs], party, scale, scale)
+        t = public_affine_lazy(a, party, f, 2 / (hi - lo), -(hi + lo) / (hi - lo), scale)
+        (y,) = evaluate_lazy(t, [coeffs], party, scale, scale)
         y = _newton_reciprocal(a, y, party, scale, 2, sigma)
-        return rescale(y, party, scale, f)
+        return _rescale_lazy(y, party, scale, f)
     # above 2**(32 - f) = 2**16 the result is below one ulp: the top bucket returns 0
     bounds, top = _buckets(party, lo, hi, 4, top=2 * party.frac_bits)
     norm = normalize(a, party, bounds=bounds, top=top)
     coeffs = fit(_recip, 1.0, 16.0, 12, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale)
     y = _newton_reciprocal(norm.mantissa, y, party, scale, 1, sigma)
     factors = [float(1 << f), *[1 / b for b in norm.bases], 0.0]
-    return scale_by_buckets(y, norm.onehot, factors, party, scale)
+    return scale_by_buckets_lazy(y, norm.onehot, factors, party, scale)
+
+
+def _rescale_lazy(y: Operand, party: Party, src: int, dst: int) -> Operand:
+    """``y`` from scale ``src`` down to ``dst``: more pending bits (or a pending truncation)."""
+    if isinstance(y, Pending):
+        return Pending(y.share, y.bits + src - dst)
+    return lazy(y, party, src - dst)
 
 
 def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
@@ -288,8 +339,8 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
     bounds, top = _buckets(party, None, None, 4)
     norm = normalize(a, party, bounds=bounds, top=top)
     coeffs = fit(_recip, 1.0, 16.0, 12, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (r,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (r,) = evaluate_lazy(t, [coeffs], party, scale, scale)
     r = _newton_reciprocal(norm.mantissa, r, party, scale, 1, _sigma(sign, party))
     # bucket exponents: nonpos (y = 0) as e = -f (1/ulp), buckets, and above as the top
     exps = [-f, *[round(math.log2(b)) for b in norm.bases], (top or 1).bit_length() - 1 - f]
@@ -308,14 +359,19 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- roots
-def _newton_rsqrt(m: Tensor, y: Tensor, party: Party, scale: int, steps: int) -> Tensor:
+def _newton_rsqrt(m: Tensor, y: Operand, party: Party, scale: int, steps: int) -> Operand:
     """``y <- y (3 - m y**2) / 2`` in 2 rounds per step: ``m y`` and ``y**2`` together, then
-    their product."""
+    their product. Truncations are fused into the next product; the halving is one more
+    pending bit; the result is left pending."""
     f = party.frac_bits
     for _ in range(steps):
-        my, yy = mul_many([(m, y), (y, y)], party, [f, scale], tag="rsqrt.newton")
-        (myyy,) = mul_many([(my, yy)], party, scale, tag="rsqrt.newton")
-        y = rescale(3 * y - myyy, party, 1, 0)  # halve: one truncation bit
+        st: dict[int, Tensor] = {}
+        my, yy = mul_many_lazy([(m, y), (y, y)], party, [f, scale], tag="rsqrt.newton", settled=st)
+        y_set = st[id(y)] if isinstance(y, Pending) else y
+        (myyy,) = mul_many_lazy([(my, yy)], party, scale, tag="rsqrt.newton")
+        three_y = 3 * y_set
+        diff = -myyy + three_y if isinstance(myyy, Pending) else three_y - myyy
+        y = _rescale_lazy(diff, party, 1, 0)  # halve: one truncation bit
     return y
 
 
@@ -348,8 +404,8 @@ def inv_sqrt(
     bounds, top = _buckets(party, lo, hi, 4)
     norm = normalize(x, party, bounds=bounds, top=top)
     coeffs = fit(_rsqrt, 1.0, 16.0, 8, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale)
     y = _newton_rsqrt(norm.mantissa, y, party, scale, 1)
     factors = [2.0 ** (f / 2), *[b**-0.5 for b in norm.bases], 0.0]
     return scale_by_buckets(y, norm.onehot, factors, party, scale)

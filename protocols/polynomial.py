@@ -43,8 +43,10 @@ __all__ = [
     "mul_many_lazy",
     "normalize",
     "public_affine",
+    "public_affine_lazy",
     "rescale",
     "scale_by_buckets",
+    "scale_by_buckets_lazy",
     "square_many",
     "square_many_lazy",
     "truncate_dealer_many",
@@ -423,6 +425,20 @@ def _add_op(a: Operand | float, b: Operand, party: Party | None = None, scale: i
 def public_affine(
     x: Tensor, party: Party, scale_x: int, a: float, b: float, scale_out: int
 ) -> Tensor:
+    """``[a * x + b]`` for public reals ``a, b``, from scale ``scale_x`` to ``scale_out``
+    (:func:`public_affine_lazy`, its truncation done at once).
+
+    Cost: local for 2 parties (one truncation).
+    Security: public operands only.
+
+    Reference: fixed-point scaling as in SecureML (Mohassel and Zhang, S&P'17).
+    """
+    return settle(public_affine_lazy(x, party, scale_x, a, b, scale_out), party)
+
+
+def public_affine_lazy(
+    x: Tensor, party: Party, scale_x: int, a: float, b: float, scale_out: int
+) -> Operand:
     """``[a * x + b]`` for public reals ``a, b``, from scale ``scale_x`` to ``scale_out``.
 
     Exact shift when ``a`` is a power of two and no truncation is needed; otherwise one
@@ -434,14 +450,16 @@ def public_affine(
     Reference: fixed-point scaling as in SecureML (Mohassel and Zhang, S&P'17).
     """
     mant, expo = math.frexp(a)
+    y: Operand
     if mant == 0.5:  # a = 2**(expo - 1)
         shift = expo - 1 + scale_out - scale_x
-        y = x << shift if shift >= 0 else truncate(x, party, -shift)
+        y = x << shift if shift >= 0 else lazy(x, party, -shift)
     else:
         g = 20
-        y = rescale(x * round(a * (1 << g)), party, scale_x + g, scale_out)
+        y = _rescale_op(x * round(a * (1 << g)), party, scale_x + g, scale_out)
     if party.rank == 0:
-        y = y + round(b * (1 << scale_out))
+        like = y.share if isinstance(y, Pending) else y
+        y = _add_op(y, torch.full_like(like, round(b * (1 << scale_out))))
     return y
 
 
@@ -581,7 +599,7 @@ def _one_minus(v: Tensor, party: Party) -> Tensor:
 
 
 def scale_by_buckets(
-    v: Tensor,
+    v: Operand,
     onehot: Tensor,
     factors: Sequence[float],
     party: Party,
@@ -589,6 +607,26 @@ def scale_by_buckets(
     *,
     add: Sequence[float] | None = None,
 ) -> Tensor:
+    """:func:`scale_by_buckets_lazy` with its truncation done (one more round with exact
+    truncation).
+
+    Cost: 1 round (2 with exact truncation), as :func:`scale_by_buckets_lazy`.
+    Security: semi-honest, as Beaver products.
+    Reference: Beaver, CRYPTO'91.
+    """
+    out = scale_by_buckets_lazy(v, onehot, factors, party, scale_v, add=add)
+    return settle(out, party, tag="scale.trunc")
+
+
+def scale_by_buckets_lazy(
+    v: Operand,
+    onehot: Tensor,
+    factors: Sequence[float],
+    party: Party,
+    scale_v: int,
+    *,
+    add: Sequence[float] | None = None,
+) -> Operand:
     """``v * sum_i onehot_i * factors_i (+ sum_i onehot_i * add_i)`` at scale ``f``, one round.
 
     When every nonzero factor is a power of two and ``v`` times the largest, with the smallest
@@ -611,10 +649,12 @@ def scale_by_buckets(
         if scale_v + 2 + top_bits + bits <= 42 and scale_v + bits >= f:
             w = torch.tensor([round(fa * (1 << bits)) for fa in factors], dtype=torch.int64)
             view1 = (-1,) + (1,) * (onehot.dim() - 1)
-            (out,) = mul_many([(v, (onehot * w.view(view1)).sum(0))], party, [scale_v + bits - f])
+            (out,) = mul_many_lazy(
+                [(v, (onehot * w.view(view1)).sum(0))], party, [scale_v + bits - f]
+            )
             if add is not None:
                 w_add = torch.tensor([round(a * (1 << f)) for a in add], dtype=torch.int64)
-                out = out + (onehot * w_add.view(view1)).sum(0)
+                out = _add_op(out, (onehot * w_add.view(view1)).sum(0))
             return out
     big = [fa if abs(fa) >= 1 else 0.0 for fa in factors]
     small = [fa if abs(fa) < 1 else 0.0 for fa in factors]
@@ -627,11 +667,11 @@ def scale_by_buckets(
     view = (-1,) + (1,) * (onehot.dim() - 1)
     s_big = (onehot * w_big.view(view)).sum(0)
     s_small = (onehot * w_small.view(view)).sum(0)
-    hi_part, lo_part = mul_many(
+    hi_part, lo_part = mul_many_lazy(
         [(v, s_big), (v, s_small)], party, [scale_v + sb_bits - f, scale_v + 20 - f]
     )
-    out = hi_part + lo_part
+    out = _add_op(hi_part, lo_part)
     if add is not None:
         w_add = torch.tensor([round(a * (1 << f)) for a in add], dtype=torch.int64)
-        out = out + (onehot * w_add.view(view)).sum(0)
+        out = _add_op(out, (onehot * w_add.view(view)).sum(0))
     return out
