@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import clamp, public_threshold, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
-from crypten_lite.protocols.elementary import exp, log, reciprocal
+from crypten_lite.protocols.elementary import exp, log, reciprocal_lazy
 from crypten_lite.protocols.polynomial import (
-    evaluate,
+    evaluate_lazy,
     fit,
     internal_scale,
     mul_many,
-    public_affine,
+    public_affine_lazy,
 )
 from crypten_lite.protocols.reduction import max_dim
 
@@ -91,9 +91,10 @@ def _bounded(
     xs = d_pub[1] * x_flat + (1 - 2 * d_pub[1]) * (sb.c_pub * sb.rho_a[1] - sb.r_rho[1])
     a = x_flat - 2 * xs  # |x|
     below, neg_sign, le_hi = bits[0], bits[1], bits[2]
-    t = public_affine(a, party, f, 2.0 / bound, -1.0, scale)
+    # exact truncations stay pending into the next product (protocols/fused.py)
+    t = public_affine_lazy(a, party, f, 2.0 / bound, -1.0, scale)
     coeffs = fit(fn, 0.0, float(bound), _DEGREE)
-    (q,) = evaluate(t, [coeffs], party, scale, f)
+    (q,) = evaluate_lazy(t, [coeffs], party, scale, f)
     one = 1 << f
     if kind == "relu":
         inside = le_hi - below
@@ -203,7 +204,8 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     d = dim % x.dim()
     n = x.shape[d]
     _, e, s = _exp_shifted(x, party, d)
-    r = reciprocal(s, party, positive=True, lo=0.9, hi=float(max(n, 2)))
+    # 1/s left pending: its truncation rides in the product's round (protocols/fused.py)
+    r = reciprocal_lazy(s, party, positive=True, lo=0.9, hi=float(max(n, 2)))
     (out,) = mul_many([(e, r)], party, tag="softmax")
     return out
 

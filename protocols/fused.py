@@ -152,6 +152,7 @@ def mul_fused(
     *,
     tag: str = "fused.mul",
     settled: dict[int, Tensor] | None = None,
+    extra: Sequence[Pending] = (),
 ) -> list[Tensor]:
     """Elementwise products of operands that may be pending, in one round, untruncated.
 
@@ -171,6 +172,8 @@ def mul_fused(
 
         settled: if given, receives ``id(p) -> settled value`` for every pending operand ``p``
             used at its own shape: its truncation comes with the round at no extra cost.
+        extra: pending values to settle in the same round (into ``settled``; 8 bytes per
+            element each).
 
     Returns:
         The products, untruncated (at the sum of the operands' scales), broadcast shapes.
@@ -197,6 +200,8 @@ def mul_fused(
         if settled is not None:
             for (x, y), (sx, sy) in zip(pairs, plain, strict=True):
                 settled[id(x)], settled[id(y)] = sx, sy
+            for e in extra:
+                settled[id(e)] = settle(e, party)
         pairs = plain
     operands: list[Operand] = []
     index: dict[tuple[int, tuple[int, ...]], int] = {}
@@ -213,6 +218,11 @@ def mul_fused(
                 operands.append(_expand(v, shape))
             ids.append(index[key])
         prods.append((min(ids), max(ids)))
+    for e in extra:
+        key = (id(e), tuple(e.shape))
+        if key not in index:
+            index[key] = len(operands)
+            operands.append(e)
     values, outs = _fused(operands, prods, party, tag)
     if settled is not None:
         for (ident, shape), i in index.items():

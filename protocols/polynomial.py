@@ -143,6 +143,7 @@ def mul_many_lazy(
     *,
     tag: str = "approx.mul",
     settled: dict[int, Tensor] | None = None,
+    extra: Sequence[Pending] = (),
 ) -> list[Operand]:
     """:func:`mul_many` whose truncations are left pending (:mod:`~crypten_lite.protocols.fused`):
     operands may be :class:`~crypten_lite.protocols.fused.Pending`, their truncation rides in
@@ -155,7 +156,7 @@ def mul_many_lazy(
     if not pairs:
         return []
     bits_list = _bits_list(bits, len(pairs), party)
-    zs = mul_fused(pairs, party, tag=tag, settled=settled)
+    zs = mul_fused(pairs, party, tag=tag, settled=settled, extra=extra)
     return [lazy(z, party, b) for z, b in zip(zs, bits_list, strict=True)]
 
 
@@ -166,13 +167,14 @@ def square_many_lazy(
     *,
     tag: str = "approx.square",
     settled: dict[int, Tensor] | None = None,
+    extra: Sequence[Pending] = (),
 ) -> list[Operand]:
     """:func:`square_many` with pending operands and results (see :func:`mul_many_lazy`).
 
     Cost: 1 round, ``8`` bytes per element to each peer.
     Security and reference: as :func:`~crypten_lite.protocols.fused.mul_fused`.
     """
-    return mul_many_lazy([(x, x) for x in xs], party, bits, tag=tag, settled=settled)
+    return mul_many_lazy([(x, x) for x in xs], party, bits, tag=tag, settled=settled, extra=extra)
 
 
 def mul_many(
