@@ -286,7 +286,7 @@ def reciprocal_lazy(
         # The hint bounds x: fit 1/x on [lo, hi] directly; saturation is the caller's promise.
         coeffs = fit(_recip, float(lo), float(hi), 8, True)
         t = public_affine_lazy(a, party, f, 2 / (hi - lo), -(hi + lo) / (hi - lo), scale)
-        (y,) = evaluate_lazy(t, [coeffs], party, scale, scale)
+        (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
         y = _newton_reciprocal(a, y, party, scale, 2, sigma)
         return _rescale_lazy(y, party, scale, f)
     # above 2**(32 - f) = 2**16 the result is below one ulp: the top bucket returns 0
@@ -294,7 +294,7 @@ def reciprocal_lazy(
     norm = normalize(a, party, bounds=bounds, top=top)
     coeffs = fit(_recip, 1.0, 16.0, 12, True)
     t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     y = _newton_reciprocal(norm.mantissa, y, party, scale, 1, sigma)
     factors = [float(1 << f), *[1 / b for b in norm.bases], 0.0]
     return scale_by_buckets_lazy(y, norm.onehot, factors, party, scale)
@@ -340,7 +340,7 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
     norm = normalize(a, party, bounds=bounds, top=top)
     coeffs = fit(_recip, 1.0, 16.0, 12, True)
     t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (r,) = evaluate_lazy(t, [coeffs], party, scale, scale)
+    (r,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     r = _newton_reciprocal(norm.mantissa, r, party, scale, 1, _sigma(sign, party))
     # bucket exponents: nonpos (y = 0) as e = -f (1/ulp), buckets, and above as the top
     exps = [-f, *[round(math.log2(b)) for b in norm.bases], (top or 1).bit_length() - 1 - f]
@@ -405,7 +405,7 @@ def inv_sqrt(
     norm = normalize(x, party, bounds=bounds, top=top)
     coeffs = fit(_rsqrt, 1.0, 16.0, 8, True)
     t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     y = _newton_rsqrt(norm.mantissa, y, party, scale, 1)
     factors = [2.0 ** (f / 2), *[b**-0.5 for b in norm.bases], 0.0]
     return scale_by_buckets(y, norm.onehot, factors, party, scale)
@@ -434,8 +434,8 @@ def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None =
     bounds, top = _buckets(party, lo, hi, 4)
     norm = normalize(x, party, bounds=bounds, top=top)
     coeffs = fit(_sqrt, 1.0, 16.0, 10, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     top_real = (top if top is not None else 0) / 2.0**f
     factors = [0.0, *[b**0.5 for b in norm.bases], top_real**0.5]
     return scale_by_buckets(y, norm.onehot, factors, party, scale)

@@ -291,7 +291,8 @@ def standardize(
     )
     gain = math.sqrt(n) / 2.0**plan.c  # in [1, 2)
     coeffs = [gain * cf for cf in fit(_rsqrt, _U_LO, _U_HI, 12, True)]
-    (q,) = evaluate_lazy(t, [coeffs], party, _U_SCALE, _U_SCALE)
+    # t = 2 (u - lo) / (hi - lo) - 1 lies in [-1, 1] (u is in [lo, hi] by the bucket choice)
+    (q,) = evaluate_lazy(t, [coeffs], party, _U_SCALE, _U_SCALE, t_bound=1.0)
     pairs: list[tuple[Operand, Operand]] = [(y, q)]
     bits = [_U_SCALE + plan.p // 2 - plan.c - f]
     assert bits[0] >= 0

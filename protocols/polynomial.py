@@ -279,12 +279,18 @@ def evaluate_lazy(
     scale_out: int,
     *,
     coeff_bits: int = 16,
+    t_bound: float | None = None,
 ) -> list[Operand]:
     """:func:`evaluate` with the results' truncations left pending (for a following product);
     ``t`` may be pending. Every truncation inside is either fused into the next product or, for
     values the blocks need as linear terms (``t**2``, ``t**3``, ``u``), settled; each pending
     value is a product or an exact linear combination below ``2**62`` whenever the
     non-lazy evaluation's values stay below it.
+
+    ``t_bound``: a promise ``|t| <= t_bound`` (a mantissa mapped onto ``[-1, 1]``). When the
+    coefficients then keep every pending term below ``2**61`` (checked here, in public),
+    degree 5 and above also leave ``t**3`` and ``u`` pending (linear terms of the blocks):
+    no settling round at all, the same rounds as the local truncation plus the final one.
 
     Cost, security and reference: as :func:`evaluate`.
     """
@@ -308,11 +314,14 @@ def evaluate_lazy(
             _rescale_op(_add_op(lo, p), party, s, scale_out)
             for lo, p in zip(lows, prods, strict=True)
         ]
+    # With |t| <= t_bound promised, pending t**3 and u enter the blocks linearly (their
+    # pending z times a coefficient stays below 2**61): no round to settle them.
+    fuse = t_bound is not None and _fits(polys, t_bound, 2 * s + coeff_bits)
     st = {}
     t3, t4 = mul_many_lazy([(t_set, t2), (t2, t2)], party, s, tag="poly.powers", settled=st)
     t2s = st[id(t2)] if isinstance(t2, Pending) else t2
-    t3s, t4s = settle_many([t3, t4], party, tag="poly.trunc")
-    basis = [t_set, t2s, t3s]
+    if not fuse:
+        t3, t4 = settle_many([t3, t4], party, tag="poly.trunc")
     out_blocks: list[list[Operand | float]] = []
     for c in polys:
         blocks: list[Operand | float] = []
@@ -321,14 +330,18 @@ def evaluate_lazy(
             if all(v == 0 for v in chunk[1:]):
                 blocks.append(chunk[0])  # a constant block: scaled locally later
             else:
-                blocks.append(_combine_lazy(basis, chunk, party, s, s, coeff_bits))
+                blocks.append(_block([t_set, t2s], t3, chunk, party, s, coeff_bits))
         out_blocks.append(blocks)
-    u: Operand = t4s
+    u: Operand = t4
     while max(len(b) for b in out_blocks) > 1:
-        if isinstance(u, Pending) and any(
-            not isinstance(blocks[i], (Tensor, Pending))
-            for blocks in out_blocks
-            for i in range(1, len(blocks), 2)
+        if (
+            isinstance(u, Pending)
+            and not fuse
+            and any(
+                not isinstance(blocks[i], (Tensor, Pending))
+                for blocks in out_blocks
+                for i in range(1, len(blocks), 2)
+            )
         ):
             u = settle(u, party, tag="poly.trunc")  # a constant block scales u linearly
         pairs: list[tuple[Operand, Operand]] = []
@@ -354,7 +367,6 @@ def evaluate_lazy(
                 if isinstance(hi, (Tensor, Pending)):
                     part = next(it)
                 else:
-                    assert isinstance(u, Tensor)
                     part = _scale_lazy(u, hi, party, s, coeff_bits)
                 merged.append(_add_op(lo, part, party, s))
             merged_all.append(merged)
@@ -400,8 +412,44 @@ def _combine_lazy(
     return _rescale_op(acc, party, acc_scale, scale_out)
 
 
-def _scale_lazy(u: Tensor, c: float, party: Party, scale: int, coeff_bits: int) -> Operand:
-    return _rescale_op(u * round(c * (1 << coeff_bits)), party, scale + coeff_bits, scale)
+def _scale_lazy(u: Operand, c: float, party: Party, scale: int, coeff_bits: int) -> Operand:
+    w = round(c * (1 << coeff_bits))
+    uw = u.scaled(w) if isinstance(u, Pending) else u * w
+    return _rescale_op(uw, party, scale + coeff_bits, scale)
+
+
+def _fits(polys: Sequence[Sequence[float]], t_bound: float, z_scale: int) -> bool:
+    """Whether ``sum |c_k| max(1, t_bound)**k`` at ``z_scale`` stays below ``2**61``: every
+    pending block or scaled power of :func:`evaluate_lazy` then fits the ring with headroom."""
+    b = max(1.0, t_bound)
+    worst = max(sum(abs(c) * b**k for k, c in enumerate(p)) for p in polys)
+    return worst * 2.0**z_scale < 2.0**61
+
+
+def _block(
+    basis: Sequence[Tensor],
+    t3: Operand,
+    chunk: Sequence[float],
+    party: Party,
+    scale: int,
+    coeff_bits: int,
+) -> Operand:
+    """``c_0 + c_1 t + c_2 t**2 + c_3 t**3`` at ``scale`` with settled ``t, t**2`` and a
+    possibly pending ``t**3`` (its term added to the exact sum before the one truncation)."""
+    if isinstance(t3, Tensor):
+        return _combine_lazy([*basis, t3], chunk, party, scale, scale, coeff_bits)
+    acc_scale = scale + coeff_bits
+    acc = torch.zeros_like(basis[0])
+    for b, c in zip(basis, chunk[1:3], strict=False):
+        w = round(c * (1 << coeff_bits))
+        if w:
+            acc += b * w
+    if party.rank == 0:
+        acc += round(chunk[0] * (1 << acc_scale))
+    w3 = round(chunk[3] * (1 << coeff_bits)) if len(chunk) > 3 else 0
+    if w3 == 0:
+        return _rescale_op(acc, party, acc_scale, scale)
+    return _rescale_op(t3.scaled(w3) + acc, party, acc_scale, scale)
 
 
 def _constant(c: float, like: Tensor, party: Party, scale: int) -> Tensor:
