@@ -121,7 +121,7 @@ def sigmoid(x: Tensor, party: Party) -> Tensor:
     the saturated 0 or 1 errs at most ``sigmoid(-12) = 6.1e-6``. CrypTen: ``2.7e-3``.
 
     Cost (2 parties): 9 rounds; each party sends about ``8 + 15 + 3/8 + 20 * 8 = 185`` bytes
-    per element to each peer.
+    per element to each peer. Exact truncation (the default): 10 rounds (19 unfused).
     Security: semi-honest; comparison and products as in their modules.
     Reference: piecewise polynomial activations as in SecureML (Mohassel and Zhang, S&P'17),
     here one polynomial of ``|x|`` with exact saturation by comparison.
@@ -195,7 +195,8 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     128x10 benchmark; inputs more than 16 below the maximum get 0 instead of at most
     ``1.1e-7``). CrypTen: ``3e-3``.
 
-    Cost (2 parties, ``n <= 10``): 25 rounds (CrypTen: 94).
+    Cost (2 parties, ``n <= 10``): 25 rounds (CrypTen: 94); exact truncation (the default):
+    28 rounds (48 unfused: :mod:`~crypten_lite.protocols.fused`).
     Security: semi-honest; as the protocols used.
 
     Reference: max subtraction as in CrypTen (Knott et al., NeurIPS'21), with the protocols

@@ -1,8 +1,10 @@
 """Layer L3: elementary functions of fixed-point sharings — exp, log, reciprocal, division,
 square root, inverse square root, powers, norms, sine and cosine.
 
-Round counts are for 2 parties (local truncation, no rounds of its own); with more parties
-every truncation is a dealer round (see each function). "ulp" is ``2**-f``. The error bounds
+Round counts are for 2 parties with the opt-in local truncation (no rounds of its own). With
+the exact dealer truncation (the default, any number of parties) each truncation's opening
+rides in the next product's round (:mod:`~crypten_lite.protocols.fused`), so a function costs
+1-3 rounds more, not one per product layer (each function states both). "ulp" is ``2**-f``. The error bounds
 quoted were measured against float64 on dense grids of the stated domains (2 and 3 parties,
 tests in ``tests/mpc/test_approx*.py``); they include the fixed-point rounding of the result.
 
@@ -146,7 +148,8 @@ def exp(x: Tensor, party: Party) -> Tensor:
     element. Callers with unbounded inputs clamp first (softmax does).
 
     Cost: 8 rounds (2 parties); each party sends ``16 + 16 + 6 * 8 = 80`` bytes per element to
-    each peer. More parties: one dealer truncation round per product layer, 16 rounds.
+    each peer. Exact truncation (the default, any ``N``): 10 rounds (:func:`exp_lazy`; 18
+    with a truncation round per squaring).
     Security: semi-honest, as Beaver products and truncation.
     Reference: range reduction ``exp(x) = exp(x/2**s)**(2**s)`` as in CrypTen (Knott et al.,
     NeurIPS'21), here with a polynomial core instead of the ``(1 + x/2**s)`` limit.
@@ -252,7 +255,8 @@ def reciprocal(
     Cost (2 parties): 15 rounds (11 with ``positive``; 7 with a ``lo``/``hi`` hint within a
     factor 16, 11 for signed inputs with it), about ``250`` bytes per element to each peer
     (9 thresholds plus the sign's comparison; products; measured 252, ``positive`` 206, the
-    hint ``[1, 10]`` with ``positive`` 136).
+    hint ``[1, 10]`` with ``positive`` 136). Exact truncation (the default): 17 rounds (28
+    unfused), about ``210`` bytes per element.
     Security: semi-honest; comparisons and products as in their modules.
     Reference: normalisation plus Newton-Raphson as in Catrina and Dragulescu, "Secure division
     with fixed-point numbers", and Aly and Smart (ACNS'19) for MPC reciprocals.
@@ -327,7 +331,8 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
     ring. With 2 parties the products are ``|x / y| * 2**36`` in the ring (local truncation
     fails with probability ``|x / y| * 2**-28``).
 
-    Cost (2 parties): 17 rounds (the old ``x * reciprocal(y)``: 16, wrong above ``2**16``).
+    Cost (2 parties): 17 rounds (the old ``x * reciprocal(y)``: 16, wrong above ``2**16``);
+    exact truncation (the default): 20 rounds (31 unfused).
     Security: semi-honest, as :func:`reciprocal` and Beaver products.
     Reference: as :func:`reciprocal`.
     """
@@ -396,7 +401,8 @@ def inv_sqrt(
     (saturation); ``x >= 2**20`` returns 0.
 
     Cost (2 parties): 10 rounds; about ``195`` bytes per element to each peer (10 thresholds;
-    fewer with a hint).
+    fewer with a hint). Exact truncation (the default): 12 rounds (22 unfused), measured
+    with the full-range thresholds against 11 with local truncation.
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
@@ -426,7 +432,8 @@ def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None =
     returns 0; ``x >= 2**20`` returns ``2**10`` (saturation).
 
     Cost (2 parties): 9 rounds (CrypTen: 18); about ``165`` bytes per element to each peer (10
-    thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes).
+    thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes). Exact truncation (the
+    default): 11 rounds (19 unfused).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
