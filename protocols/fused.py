@@ -184,15 +184,18 @@ def mul_fused(
     peer. The dealer sends, per product, up to 3 (2 for a square) cross terms instead of the
     triple's one.
     Security: semi-honest, any ``N - 1`` colluding parties, dealer not colluding. Every opened
-    value is masked by its own fresh uniform ``u`` (``c`` and ``e`` are uniform and independent
-    of the data); ``[L]`` and the cross terms are shares of dealer randomness, combined with
-    public coefficients only.
+    value is masked by its own fresh uniform ``u`` over the whole ring, so ``c`` and ``e`` are
+    uniform and independent of the data; ``P`` and ``W`` are functions of them. ``[L]`` and the
+    cross terms are shares of dealer randomness (functions of ``u`` only), combined with public
+    coefficients; the output is a sharing like a Beaver product's. A pending value consumed by
+    two rounds is opened twice with independent masks: ``c_1 - c_2 = u_1 - u_2`` is
+    independent of ``z`` (the two settled values may differ by one ulp).
     Reference: truncation pairs after Catrina and Saxena, FC'10 (with the wrap correction of
     :func:`~crypten_lite.protocols.truncation.truncate_dealer`); Beaver, CRYPTO'91. Fusing the
     truncation's opening into the Beaver opening (the truncated value's mask playing the
     role of the Beaver mask) is this library's construction, derived above.
     """
-    if not pairs:
+    if not pairs and not extra:
         return []
     if resolve_method(party) == "local":
         # nothing is pending with local truncation; settle stray pending values locally

@@ -2,7 +2,10 @@
 
 These kinds take tensor shapes (one component element per value): Beaver triples for every
 bilinear op of :mod:`crypten_lite.ring` and their XOR counterpart, square pairs, truncation
-pairs, edaBits and random shared bits (:data:`ARITH_KINDS`).
+pairs, edaBits and random shared bits (:data:`ARITH_KINDS`), and the ``fused`` items of
+:mod:`crypten_lite.protocols.fused` (exact truncations opened in the next product's round):
+per operand a uniform mask, per pending operand its truncation pair, per product the cross
+terms of the operands' masks (:func:`fused_terms` counts them).
 
 Fixed operands (a weight multiplied by many inputs): ``fixed_mask`` deals a uniform ``[b]`` that
 the dealer *keeps* (reconstructed from the seeds, so it is still seed-compressed and the dealer
@@ -33,7 +36,7 @@ from crypten_lite.dealer.request import (
 from crypten_lite.errors import ProtocolError
 from crypten_lite.ring import bilinear, bilinear_output_shape, logical_rshift, msb
 
-__all__ = ["ARITH_KINDS"]
+__all__ = ["ARITH_KINDS", "fused_terms"]
 
 
 def _triple_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
