@@ -87,21 +87,12 @@ class Pending:
             return Pending(self.aligned(k).share + other.aligned(k).share, k)
         return Pending(self.share + (other << self.bits), self.bits)
 
-    __radd__ = __add__
-
     def __neg__(self) -> Pending:
         return Pending(-self.share, self.bits)
-
-    def __sub__(self, other: Pending | Tensor) -> Pending:
-        return self + (-other)
 
     def scaled(self, w: int) -> Pending:
         """``w`` times the value for a public integer ``w`` (the caller keeps ``|w z| < 2**62``)."""
         return Pending(self.share * w, self.bits)
-
-    def sum(self, dim: int | tuple[int, ...], keepdim: bool = False) -> Pending:
-        """Sum over ``dim`` (the caller keeps the sum of ``z`` below ``2**62``)."""
-        return Pending(self.share.sum(dim, keepdim=keepdim), self.bits)
 
 
 Operand = Tensor | Pending
