@@ -258,8 +258,10 @@ def evaluate(
     truncation): 0 (degree <= 1), 1 (2), 2 (3..4), 3 (5..7 and 8), 4 (9..15). Products:
     degree 12 takes 7 (a power ladder takes 11). With exact truncation the truncations are
     fused into the next products (:func:`evaluate_lazy`): one more round for degree 2..4 (the
-    settled ``t**2``), two more for degree 5 and above (``t**3`` and ``t**4`` settled for the
-    blocks; ``u**2`` when a constant block needs it), plus the final truncation.
+    settled ``t**2``); for degree 5 and above one more (``t**3`` and ``t**4`` settled for the
+    blocks) and one per level where a constant block scales a pending ``u``, none with
+    :func:`evaluate_lazy`'s ``t_bound`` (they stay pending); plus the final truncation here
+    (none with :func:`evaluate_lazy`, whose results feed the next product).
 
     Cost: the rounds above; ``8`` bytes per element for the square and ``16`` per other product to
     each peer.
