@@ -496,7 +496,8 @@ def public_affine_lazy(
     Exact shift when ``a`` is a power of two and no truncation is needed; otherwise one
     truncation of ``x * round(a * 2**g)`` with ``g = 20``.
 
-    Cost: local for 2 parties (one truncation).
+    Cost: 0 rounds: the truncation is left pending for the next product
+    (:mod:`~crypten_lite.protocols.fused`), or local with 2-party local truncation.
     Security: public operands only.
 
     Reference: fixed-point scaling as in SecureML (Mohassel and Zhang, S&P'17).
