@@ -569,7 +569,8 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
     """``[x ** p]`` for a public exponent.
 
     * integer ``p >= 0``: square-and-multiply, one round per bit of ``p`` (squarings and
-      partial products of one bit share a round); exact up to one ulp per product (the
+      partial products of one bit share a round; exact truncation adds one round at the end,
+      each truncation riding in the next bit's products); exact up to one ulp per product (the
       caller keeps ``x**p`` inside the ring: no saturation here).
     * every other ``p`` (negative, fractional): normalise ``|x| = m 2**e`` with ``m`` in
       ``[1, 2)`` (thresholds ``2**i`` up to ``2**60`` in the ring), ``m**p`` by a degree-10
@@ -601,15 +602,16 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
         k = int(p)
         if k == 0:
             return torch.full_like(x, 1 << f) if party.rank == 0 else torch.zeros_like(x)
-        result: Tensor | None = None
-        base = x
+        # truncations stay pending into the next level's products (protocols/fused.py)
+        result: Operand | None = None
+        base: Operand = x
         while True:
-            pairs = []
+            pairs: list[tuple[Operand, Operand]] = []
             if k & 1 and result is not None:
                 pairs.append((result, base))
             if k > 1:
                 pairs.append((base, base))
-            outs = mul_many(pairs, party, tag="pow")
+            outs = mul_many_lazy(pairs, party, tag="pow")
             if k & 1:
                 result = base if result is None else outs.pop(0)
             k >>= 1
@@ -617,7 +619,8 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
                 break
             base = outs.pop(0)
         assert result is not None
-        return result.clone()
+        out = settle(result, party, tag="pow.trunc")
+        return out.clone() if out is x else out
     if abs(p) > 16:
         raise ValueError(
             f"party {party.rank}: pow supports |exponent| <= 16 for negative or fractional "
