@@ -30,9 +30,8 @@ import torch
 
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import abs_and_sign
-from crypten_lite.protocols.fused import Operand, Pending, lazy, settle
+from crypten_lite.protocols.fused import Operand, Pending, lazy, settle, settle_many
 from crypten_lite.protocols.polynomial import (
-    evaluate,
     evaluate_lazy,
     fit,
     internal_scale,
@@ -41,7 +40,6 @@ from crypten_lite.protocols.polynomial import (
     normalize,
     public_affine,
     public_affine_lazy,
-    rescale,
     scale_by_buckets,
     scale_by_buckets_lazy,
     square_many,
@@ -199,6 +197,15 @@ def _newton_reciprocal(
             m = m_new
         (y,) = mul_many_lazy([(y, e)], party, scale, tag="recip.newton")
     return y
+
+
+def _sub(a: Operand, b: Operand) -> Operand:
+    """``a - b`` for operands at the same scale (pending ones aligned)."""
+    if isinstance(a, Pending):
+        return a + (-b)
+    if isinstance(b, Pending):
+        return -b + a
+    return a - b
 
 
 def _two_minus(v: Operand, party: Party, scale: int) -> Operand:
@@ -704,11 +711,20 @@ def _sincos(x: Tensor, party: Party) -> tuple[Tensor, Tensor]:
     angle = public_affine(u, party, scale, 2 * math.pi / (1 << s), 0.0, scale)
     sin_c = [0.0, 1.0, 0.0, -1 / 6, 0.0, 1 / 120, 0.0, -1 / 5040]
     cos_c = [1.0, 0.0, -0.5, 0.0, 1 / 24, 0.0, -1 / 720]
-    sv, cv = evaluate(angle, [sin_c, cos_c], party, scale, scale, coeff_bits=20)
+    # truncations stay pending into the next squaring (protocols/fused.py)
+    sv, cv = evaluate_lazy(angle, [sin_c, cos_c], party, scale, scale, coeff_bits=20)
     for _ in range(s):
-        sc, cc, ss = mul_many([(sv, cv), (cv, cv), (sv, sv)], party, scale, tag="sincos.square")
-        sv, cv = sc << 1, cc - ss
-    return rescale(sv, party, scale, f), rescale(cv, party, scale, f)
+        sc, cc, ss = mul_many_lazy(
+            [(sv, cv), (cv, cv), (sv, sv)], party, scale, tag="sincos.square"
+        )
+        sv = sc.scaled(2) if isinstance(sc, Pending) else sc << 1
+        cv = _sub(cc, ss)
+    sin_v, cos_v = settle_many(
+        [_rescale_lazy(sv, party, scale, f), _rescale_lazy(cv, party, scale, f)],
+        party,
+        tag="sincos.trunc",
+    )
+    return sin_v, cos_v
 
 
 def sin(x: Tensor, party: Party) -> Tensor:
@@ -721,7 +737,8 @@ def sin(x: Tensor, party: Party) -> Tensor:
     from encoding ``1 / 2pi``; measured ``1.1e-4`` (2 parties) and ``2e-4`` (3 parties) on
     ``[-200, 200]``).
 
-    Cost (2 parties): 3 + 5 = 8 rounds (9 for 3 parties: one more squaring); ``~300`` bytes
+    Cost (2 parties): 3 + 5 = 8 rounds (9 for 3 parties: one more squaring); exact truncation
+    (the default): 11 (12 for 3 parties; 18 and 20 unfused); ``~300`` bytes
     per element to each peer. ``sin`` and ``cos`` come together; each function returns one.
     Security: semi-honest; the reduction is local.
     Reference: double-angle range extension, e.g. as used for MPC trigonometry in
