@@ -475,8 +475,8 @@ def log(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = 
     above the range returns ``ln(2**20)``.
 
     Cost (2 parties): 8 rounds; about ``110`` bytes per element to each peer (18 thresholds;
-    ``[0.9, 10]`` needs 4). Exact truncation (the default): one round more (measured 9
-    against 8 for the full range; the truncations ride in the next products).
+    ``[0.9, 10]`` needs 4). Exact truncation (the default): one round more (measured 10
+    against 9 for the full range; the truncations ride in the next products).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
