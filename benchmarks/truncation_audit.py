@@ -33,7 +33,7 @@ from torch import nn
 import crypten_lite as cl
 from crypten_lite.config import Config
 from crypten_lite.party import run_threads
-from crypten_lite.protocols import arithmetic, polynomial, truncation
+from crypten_lite.protocols import arithmetic, fused, polynomial, truncation
 
 _INTERNAL = ("elementary.py", "activations.py", "polynomial.py", "comparison.py")
 
@@ -114,6 +114,7 @@ def main() -> None:
 
     truncation.truncate_local = local  # type: ignore[assignment]
     polynomial.truncate_local = local  # type: ignore[attr-defined]
+    fused.truncate_local = local  # type: ignore[attr-defined]  # lazy/settle (pending values)
     arithmetic.truncate_local_ = local_  # type: ignore[attr-defined]
     torch.manual_seed(0)
     model = Layer().eval()

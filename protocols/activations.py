@@ -27,16 +27,20 @@ import torch.nn.functional as F
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import clamp, public_threshold, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
+from crypten_lite.protocols.fused import Operand, Pending, lazy, settle, settle_many
 from crypten_lite.protocols.polynomial import (
     Normalized,
     evaluate,
+    evaluate_lazy,
     fit,
     internal_scale,
     mul_many,
+    mul_many_lazy,
     normalize,
     public_affine,
+    public_affine_lazy,
     rescale,
-    square_many,
+    square_many_lazy,
 )
 from crypten_lite.protocols.reduction import max_dim
 
@@ -94,9 +98,10 @@ def _bounded(
     xs = d_pub[1] * x_flat + (1 - 2 * d_pub[1]) * (sb.c_pub * sb.rho_a[1] - sb.r_rho[1])
     a = x_flat - 2 * xs  # |x|
     below, neg_sign, le_hi = bits[0], bits[1], bits[2]
-    t = public_affine(a, party, f, 2.0 / bound, -1.0, scale)
+    # exact truncations stay pending into the next product (protocols/fused.py)
+    t = public_affine_lazy(a, party, f, 2.0 / bound, -1.0, scale)
     coeffs = fit(fn, 0.0, float(bound), _DEGREE)
-    (q,) = evaluate(t, [coeffs], party, scale, f)
+    (q,) = evaluate_lazy(t, [coeffs], party, scale, f)
     one = 1 << f
     if kind == "relu":
         inside = le_hi - below
@@ -123,7 +128,7 @@ def sigmoid(x: Tensor, party: Party) -> Tensor:
     the saturated 0 or 1 errs at most ``sigmoid(-12) = 6.1e-6``. CrypTen: ``2.7e-3``.
 
     Cost (2 parties): 9 rounds; each party sends about ``8 + 15 + 3/8 + 20 * 8 = 185`` bytes
-    per element to each peer.
+    per element to each peer. Exact truncation (the default): 10 rounds (19 unfused).
     Security: semi-honest; comparison and products as in their modules.
     Reference: piecewise polynomial activations as in SecureML (Mohassel and Zhang, S&P'17),
     here one polynomial of ``|x|`` with exact saturation by comparison.
@@ -217,12 +222,15 @@ def _exp_floor(z: Tensor, party: Party) -> Tensor:
     """
     f = party.frac_bits
     scale = f + 2
-    t = public_affine(z, party, f, 1 / 12, 1.0, scale)
+    # Truncations ride in the next product's round (protocols/fused.py); the last squaring
+    # truncates straight to scale f and is settled on its own (1 round with exact truncation).
+    t = public_affine_lazy(z, party, f, 1 / 12, 1.0, scale)
     coeffs = fit(_exp64, -3.0, 0.0, 8, True)
-    (v,) = evaluate(t, [coeffs], party, scale, scale, coeff_bits=20)
-    for _ in range(_EXP_SQUARINGS):
-        (v,) = square_many([v], party, scale, tag="softmax.exp")
-    return rescale(v, party, scale, f)
+    (v,) = evaluate_lazy(t, [coeffs], party, scale, scale, coeff_bits=20, t_bound=1.0)
+    for j in range(_EXP_SQUARINGS):
+        last = j == _EXP_SQUARINGS - 1
+        (v,) = square_many_lazy([v], party, 2 * scale - f if last else scale, tag="softmax.exp")
+    return settle(v, party, tag="softmax.exp")
 
 
 def _recip(t: Tensor) -> Tensor:
@@ -263,6 +271,24 @@ def _combine(terms: list[tuple[Tensor, float]], const: float, party: Party, scal
 _COEFF_BITS = 16
 
 
+def _settled(v: Operand, settled: dict[int, Tensor]) -> Tensor:
+    """``v`` as truncated by the round it rode in (plain values are themselves)."""
+    return settled[id(v)] if isinstance(v, Pending) else v
+
+
+def _combine_lazy(
+    terms: list[tuple[Tensor, float]], const: float, party: Party, scale: int
+) -> Operand:
+    """:func:`_combine` with its truncation left pending for the next product."""
+    cb = _COEFF_BITS
+    acc = torch.zeros_like(terms[0][0])
+    for term, c in terms:
+        acc += term * round(c * (1 << cb))
+    if party.rank == 0:
+        acc += round(const * (1 << (scale + cb)))
+    return lazy(acc, party, cb)
+
+
 def _normalised_quotient(e: Tensor, s: Tensor, party: Party, n: int, dim: int) -> Tensor:
     """``[e / s]`` for the row sums ``s`` in ``[1, n]`` (broadcast along ``dim``), 7 rounds.
 
@@ -290,14 +316,31 @@ def _normalised_quotient(e: Tensor, s: Tensor, party: Party, n: int, dim: int) -
     factor = (onehot * w.view((-1,) + (1,) * s.dim())).sum(0)  # 2**-k at scale S
     c = fit(_recip, _M_LO, _M_HI, 5, True)
     span = _M_HI - _M_LO
-    t = public_affine(norm.mantissa, party, f, 2 / span, -(_M_HI + _M_LO) / span, scale)
+    t_p = public_affine_lazy(norm.mantissa, party, f, 2 / span, -(_M_HI + _M_LO) / span, scale)
     e_s = e << (scale - f)
-    t2, ef = mul_many([(t, t), (e_s, factor)], party, scale, tag="softmax.recip")
-    t3, t4, eft = mul_many([(t, t2), (t2, t2), (ef, t)], party, scale, tag="softmax.recip")
-    q = _combine([(t, c[2]), (t2, c[3]), (t3, c[4]), (t4, c[5])], c[1], party, scale)
-    (high,) = mul_many([(eft, q)], party, scale, tag="softmax.recip")
+    # Pending truncations ride in the next round (protocols/fused.py); ``st`` collects the
+    # values each round settles, so an operand reused later is the same truncated value.
+    st: dict[int, Tensor] = {}
+    t2_p, ef_p = mul_many_lazy(
+        [(t_p, t_p), (e_s, factor)], party, scale, tag="softmax.recip", settled=st
+    )
+    t = _settled(t_p, st)
+    t3_p, t4_p, eft_p = mul_many_lazy(
+        [(t, t2_p), (t2_p, t2_p), (ef_p, t)], party, scale, tag="softmax.recip", settled=st
+    )
+    t2, ef = _settled(t2_p, st), _settled(ef_p, st)
+    t3, t4 = settle_many([t3_p, t4_p], party, tag="softmax.recip")
+    q = _combine_lazy([(t, c[2]), (t2, c[3]), (t3, c[4]), (t4, c[5])], c[1], party, scale)
     cb = _COEFF_BITS
-    return rescale(ef * round(c[0] * (1 << cb)) + (high << cb), party, scale + cb, f)
+    (high,) = mul_many_lazy([(eft_p, q)], party, scale, tag="softmax.recip")
+    base = ef * round(c[0] * (1 << cb))  # c0 e F at scale S + cb
+    drop = scale + cb - f
+    if isinstance(high, Pending):
+        # ``c0 e F + (e F t Q) 2**cb`` at scale S + cb, still pending by S bits: both
+        # truncations (S, then S + cb - f) in one settle
+        acc = high.scaled(1 << cb) + base
+        return settle(Pending(acc.share, acc.bits + drop), party, tag="softmax.recip")
+    return rescale(base + (high << cb), party, scale + cb, f)
 
 
 def _constant(like: Tensor, value: float, party: Party) -> Tensor:

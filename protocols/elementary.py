@@ -1,8 +1,10 @@
 """Layer L3: elementary functions of fixed-point sharings — exp, log, reciprocal, division,
 square root, inverse square root, powers, norms, sine and cosine.
 
-Round counts are for 2 parties (local truncation, no rounds of its own); with more parties
-every truncation is a dealer round (see each function). "ulp" is ``2**-f``. The error bounds
+Round counts are for 2 parties with the opt-in local truncation (no rounds of its own). With
+the exact dealer truncation (the default, any number of parties) each truncation's opening
+rides in the next product's round (:mod:`~crypten_lite.protocols.fused`), so a function costs
+1-3 rounds more, not one per product layer (each function states both). "ulp" is ``2**-f``. The error bounds
 quoted were measured against float64 on dense grids of the stated domains (2 and 3 parties,
 tests in ``tests/mpc/test_approx*.py``); they include the fixed-point rounding of the result.
 
@@ -30,16 +32,20 @@ import torch
 
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import abs_and_sign
+from crypten_lite.protocols.fused import Operand, Pending, lazy, settle, settle_many
 from crypten_lite.protocols.polynomial import (
-    evaluate,
+    evaluate_lazy,
     fit,
     internal_scale,
     mul_many,
+    mul_many_lazy,
     normalize,
     public_affine,
-    rescale,
+    public_affine_lazy,
     scale_by_buckets,
+    scale_by_buckets_lazy,
     square_many,
+    square_many_lazy,
     truncate_dealer_many,
     truncate_many,
 )
@@ -49,11 +55,13 @@ __all__ = [
     "cos",
     "div",
     "exp",
+    "exp_lazy",
     "inv_sqrt",
     "log",
     "norm",
     "pow",
     "reciprocal",
+    "reciprocal_lazy",
     "sin",
     "sqrt",
 ]
@@ -140,10 +148,21 @@ def exp(x: Tensor, party: Party) -> Tensor:
     element. Callers with unbounded inputs clamp first (softmax does).
 
     Cost: 8 rounds (2 parties); each party sends ``16 + 16 + 6 * 8 = 80`` bytes per element to
-    each peer. More parties: one dealer truncation round per product layer, 16 rounds.
+    each peer. Exact truncation (the default, any ``N``): 10 rounds (:func:`exp_lazy`; 18
+    with a truncation round per squaring).
     Security: semi-honest, as Beaver products and truncation.
     Reference: range reduction ``exp(x) = exp(x/2**s)**(2**s)`` as in CrypTen (Knott et al.,
     NeurIPS'21), here with a polynomial core instead of the ``(1 + x/2**s)`` limit.
+    """
+    return settle(exp_lazy(x, party), party, tag="exp.trunc")
+
+
+def exp_lazy(x: Tensor, party: Party) -> Operand:
+    """:func:`exp` with every truncation fused into the next product and the last one left
+    pending (:mod:`~crypten_lite.protocols.fused`): 10 rounds with exact truncation, 9 of them
+    before the final truncation (18 when each truncation is a round of its own).
+
+    Cost, security and reference: as :func:`exp`.
     """
     f = party.frac_bits
     s = _EXP_SQUARINGS
@@ -151,35 +170,52 @@ def exp(x: Tensor, party: Party) -> Tensor:
     coeffs = fit(_exp64, -0.25, 0.25, 4, True)
     # p(y) = sum c_k t**k with t = 4y: rescale the coefficients to y directly.
     c_y = [c * 4.0**k for k, c in enumerate(coeffs)]
-    (v,) = evaluate(x, [c_y], party, scale, scale, coeff_bits=14)
+    (v,) = evaluate_lazy(x, [c_y], party, scale, scale, coeff_bits=14)
     for j in range(s):
-        (v,) = square_many([v], party, scale - j + 1, tag="exp.square")
+        (v,) = square_many_lazy([v], party, scale - j + 1, tag="exp.square")
     return v
 
 
 # ---------------------------------------------------------------------------------- reciprocal
 def _newton_reciprocal(
-    m: Tensor, y: Tensor, party: Party, scale: int, steps: int, sigma: Tensor | None = None
-) -> Tensor:
+    m: Tensor, y: Operand, party: Party, scale: int, steps: int, sigma: Tensor | None = None
+) -> Operand:
     """``y <- y (2 - m y)`` (quadratic convergence); ``m`` at scale f, ``y`` at ``scale``.
 
     With ``sigma`` (``+-1`` ring integers), the first step also forms ``sigma * y`` in its first
-    round and continues with it, so the result carries the sign at no extra round.
+    round and continues with it, so the result carries the sign at no extra round. Truncations
+    are fused into the next product; the result is left pending (2 rounds per step).
     """
     f = party.frac_bits
-    two = 2 << scale
     for i in range(steps):
-        pairs = [(m, y)]
+        pairs: list[tuple[Operand, Operand]] = [(m, y)]
         if i == 0 and sigma is not None:
             pairs += [(y, sigma), (m, sigma)]  # (sigma m, sigma y) keeps m y, flips 1/m
-        outs = mul_many(pairs, party, [f, 0, 0][: len(pairs)], tag="recip.newton")
-        e = -outs[0]
-        if party.rank == 0:
-            e += two
+        outs = mul_many_lazy(pairs, party, [f, 0, 0][: len(pairs)], tag="recip.newton")
+        e = _two_minus(outs[0], party, scale)
         if len(outs) > 1:
-            y, m = outs[1], outs[2]
-        (y,) = mul_many([(y, e)], party, scale, tag="recip.newton")
+            y, m_new = outs[1], outs[2]
+            assert isinstance(m_new, Tensor)  # bits 0: nothing pending
+            m = m_new
+        (y,) = mul_many_lazy([(y, e)], party, scale, tag="recip.newton")
     return y
+
+
+def _sub(a: Operand, b: Operand) -> Operand:
+    """``a - b`` for operands at the same scale (pending ones aligned)."""
+    if isinstance(a, Pending):
+        return a + (-b)
+    if isinstance(b, Pending):
+        return -b + a
+    return a - b
+
+
+def _two_minus(v: Operand, party: Party, scale: int) -> Operand:
+    """``2 - v`` for ``v`` at ``scale`` (party 0 adds the constant)."""
+    two = torch.zeros_like(v.share if isinstance(v, Pending) else v)
+    if party.rank == 0:
+        two += 2 << scale
+    return -v + two if isinstance(v, Pending) else two - v
 
 
 def _sigma(sign: Tensor, party: Party) -> Tensor:
@@ -228,10 +264,29 @@ def reciprocal(
     Cost (2 parties): 15 rounds (11 with ``positive``; 7 with a ``lo``/``hi`` hint within a
     factor 16, 11 for signed inputs with it), about ``250`` bytes per element to each peer
     (9 thresholds plus the sign's comparison; products; measured 252, ``positive`` 206, the
-    hint ``[1, 10]`` with ``positive`` 136).
+    hint ``[1, 10]`` with ``positive`` 136). Exact truncation (the default): 17 rounds (28
+    unfused), about ``210`` bytes per element.
     Security: semi-honest; comparisons and products as in their modules.
     Reference: normalisation plus Newton-Raphson as in Catrina and Dragulescu, "Secure division
     with fixed-point numbers", and Aly and Smart (ACNS'19) for MPC reciprocals.
+    """
+    return settle(
+        reciprocal_lazy(x, party, positive=positive, lo=lo, hi=hi), party, tag="recip.trunc"
+    )
+
+
+def reciprocal_lazy(
+    x: Tensor,
+    party: Party,
+    *,
+    positive: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Operand:
+    """:func:`reciprocal` with its last truncation left pending for a following product
+    (:mod:`~crypten_lite.protocols.fused`); every inner truncation rides in the next product.
+
+    Cost, security and reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
     scale = internal_scale(party)
@@ -243,19 +298,26 @@ def reciprocal(
     if lo is not None and hi is not None and 0 < lo < hi <= 16 * lo:
         # The hint bounds x: fit 1/x on [lo, hi] directly; saturation is the caller's promise.
         coeffs = fit(_recip, float(lo), float(hi), 8, True)
-        t = public_affine(a, party, f, 2 / (hi - lo), -(hi + lo) / (hi - lo), scale)
-        (y,) = evaluate(t, [coeffs], party, scale, scale)
+        t = public_affine_lazy(a, party, f, 2 / (hi - lo), -(hi + lo) / (hi - lo), scale)
+        (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
         y = _newton_reciprocal(a, y, party, scale, 2, sigma)
-        return rescale(y, party, scale, f)
+        return _rescale_lazy(y, party, scale, f)
     # above 2**(32 - f) = 2**16 the result is below one ulp: the top bucket returns 0
     bounds, top = _buckets(party, lo, hi, 4, top=2 * party.frac_bits)
     norm = normalize(a, party, bounds=bounds, top=top)
     coeffs = fit(_recip, 1.0, 16.0, 12, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     y = _newton_reciprocal(norm.mantissa, y, party, scale, 1, sigma)
     factors = [float(1 << f), *[1 / b for b in norm.bases], 0.0]
-    return scale_by_buckets(y, norm.onehot, factors, party, scale)
+    return scale_by_buckets_lazy(y, norm.onehot, factors, party, scale)
+
+
+def _rescale_lazy(y: Operand, party: Party, src: int, dst: int) -> Operand:
+    """``y`` from scale ``src`` down to ``dst``: more pending bits (or a pending truncation)."""
+    if isinstance(y, Pending):
+        return Pending(y.share, y.bits + src - dst)
+    return lazy(y, party, src - dst)
 
 
 def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
@@ -278,7 +340,8 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
     ring. With 2 parties the products are ``|x / y| * 2**36`` in the ring (local truncation
     fails with probability ``|x / y| * 2**-28``).
 
-    Cost (2 parties): 17 rounds (the old ``x * reciprocal(y)``: 16, wrong above ``2**16``).
+    Cost (2 parties): 17 rounds (the old ``x * reciprocal(y)``: 16, wrong above ``2**16``);
+    exact truncation (the default): 20 rounds (31 unfused).
     Security: semi-honest, as :func:`reciprocal` and Beaver products.
     Reference: as :func:`reciprocal`.
     """
@@ -290,8 +353,8 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
     bounds, top = _buckets(party, None, None, 4)
     norm = normalize(a, party, bounds=bounds, top=top)
     coeffs = fit(_recip, 1.0, 16.0, 12, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (r,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (r,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     r = _newton_reciprocal(norm.mantissa, r, party, scale, 1, _sigma(sign, party))
     # bucket exponents: nonpos (y = 0) as e = -f (1/ulp), buckets, and above as the top
     exps = [-f, *[round(math.log2(b)) for b in norm.bases], (top or 1).bit_length() - 1 - f]
@@ -310,14 +373,19 @@ def div(x: Tensor, y: Tensor, party: Party) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- roots
-def _newton_rsqrt(m: Tensor, y: Tensor, party: Party, scale: int, steps: int) -> Tensor:
+def _newton_rsqrt(m: Tensor, y: Operand, party: Party, scale: int, steps: int) -> Operand:
     """``y <- y (3 - m y**2) / 2`` in 2 rounds per step: ``m y`` and ``y**2`` together, then
-    their product."""
+    their product. Truncations are fused into the next product; the halving is one more
+    pending bit; the result is left pending."""
     f = party.frac_bits
     for _ in range(steps):
-        my, yy = mul_many([(m, y), (y, y)], party, [f, scale], tag="rsqrt.newton")
-        (myyy,) = mul_many([(my, yy)], party, scale, tag="rsqrt.newton")
-        y = rescale(3 * y - myyy, party, 1, 0)  # halve: one truncation bit
+        st: dict[int, Tensor] = {}
+        my, yy = mul_many_lazy([(m, y), (y, y)], party, [f, scale], tag="rsqrt.newton", settled=st)
+        y_set = st[id(y)] if isinstance(y, Pending) else y
+        (myyy,) = mul_many_lazy([(my, yy)], party, scale, tag="rsqrt.newton")
+        three_y = 3 * y_set
+        diff = -myyy + three_y if isinstance(myyy, Pending) else three_y - myyy
+        y = _rescale_lazy(diff, party, 1, 0)  # halve: one truncation bit
     return y
 
 
@@ -342,9 +410,10 @@ def inv_sqrt(
     (measured relative ``4.9e-5`` where the result is at least 1). ``x <= 0`` returns ``2**8``
     (saturation); ``x >= 2**44`` returns 0 (the true value is below ``2**-22``).
 
-    Cost (2 parties): 11 rounds (10 before the range reached ``2**44``: the high buckets'
-    exact truncation); about ``250`` bytes per element to each peer (16 thresholds; fewer with
-    a hint, which also keeps 10 rounds when it stays below ``2**20``).
+    Cost (2 parties): 11 rounds with local truncation (10 before the range reached ``2**44``:
+    the high buckets' exact truncation); about ``250`` bytes per element to each peer (16
+    thresholds; fewer with a hint, which also keeps 10 rounds when it stays below ``2**20``).
+    Exact truncation (the default): 12 rounds (22 unfused).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
@@ -352,8 +421,8 @@ def inv_sqrt(
     bounds, top = _buckets(party, lo, hi, 4)
     norm = normalize(x, party, bounds=bounds, top=top)
     coeffs = fit(_rsqrt, 1.0, 16.0, 8, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     y = _newton_rsqrt(norm.mantissa, y, party, scale, 1)
     factors = [2.0 ** (f / 2), *[b**-0.5 for b in norm.bases], 0.0]
     return scale_by_buckets(y, norm.onehot, factors, party, scale)
@@ -374,8 +443,9 @@ def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None =
     returns 0; ``x >= 2**44`` returns ``2**22`` (saturation, at most a factor 2 low up to the
     largest positive ring value ``2**47``).
 
-    Cost (2 parties): 10 rounds (CrypTen: 18); about ``220`` bytes per element to each peer
-    (16 thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes, 9 rounds).
+    Cost (2 parties): 10 rounds with local truncation (CrypTen: 18); about ``220`` bytes per
+    element to each peer (16 thresholds; 2 for the hint ``[0.1, 20]``, about ``140`` bytes, 9
+    rounds). Exact truncation (the default): 11 rounds (19 unfused).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
@@ -383,8 +453,8 @@ def sqrt(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None =
     bounds, top = _buckets(party, lo, hi, 4)
     norm = normalize(x, party, bounds=bounds, top=top)
     coeffs = fit(_sqrt, 1.0, 16.0, 10, True)
-    t = public_affine(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 15, -17 / 15, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, scale, t_bound=1.0)
     top_real = (top if top is not None else 0) / 2.0**f
     factors = [0.0, *[b**0.5 for b in norm.bases], top_real**0.5]
     return scale_by_buckets(y, norm.onehot, factors, party, scale)
@@ -409,8 +479,10 @@ def log(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = 
     -11.8 for ``f = 16``, below ``ln`` of the smallest positive value); without a hint, ``x``
     at or above ``2**44`` returns ``ln(2**44)``.
 
-    Cost (2 parties): 9 rounds (the high buckets' exact truncation); about ``170`` bytes per
-    element to each peer (30 thresholds; ``[0.9, 10]`` needs 4 and 8 rounds).
+    Cost (2 parties): 9 rounds with local truncation (the high buckets' exact truncation);
+    about ``170`` bytes per element to each peer (30 thresholds; ``[0.9, 10]`` needs 4 and 8
+    rounds). Exact truncation (the default): one round more (measured 10; the truncations ride
+    in the next products).
     Security: semi-honest. Reference: as :func:`reciprocal`.
     """
     f = party.frac_bits
@@ -418,15 +490,15 @@ def log(x: Tensor, party: Party, *, lo: float | None = None, hi: float | None = 
     bounds, top = _buckets(party, lo, hi, 2)
     norm = normalize(x, party, bounds=bounds, top=top)
     coeffs = fit(_log, 1.0, 4.0, 10)
-    t = public_affine(norm.mantissa, party, f, 2 / 3, -5 / 3, scale)
-    (y,) = evaluate(t, [coeffs], party, scale, f)
+    t = public_affine_lazy(norm.mantissa, party, f, 2 / 3, -5 / 3, scale)
+    (y,) = evaluate_lazy(t, [coeffs], party, scale, f, t_bound=1.0)
     ln2 = math.log(2.0)
     top_log = math.log((top if top is not None else 1) / 2.0**f)
     offsets = [-(f + 1) * ln2, *[math.log(b) for b in norm.bases], top_log]
     view = (-1,) + (1,) * x.dim()
     w = torch.tensor([round(o * (1 << f)) for o in offsets], dtype=torch.int64).view(view)
     # special buckets have mantissa 1: ln(1) ~ 0 from the polynomial, replaced by the offset
-    return y + (norm.onehot * w).sum(0)
+    return settle(y + (norm.onehot * w).sum(0), party, tag="log.trunc")
 
 
 # ---------------------------------------------------------------------------------- powers
@@ -465,8 +537,8 @@ def _pow_normalized(x: Tensor, p: float, party: Party, limit_log2: float) -> Ten
     scale = internal_scale(party)
     bounds, top = _buckets(party, None, None, 1)
     norm = normalize(x, party, bounds=bounds, top=top)
-    t = public_affine(norm.mantissa, party, f, 2.0, -3.0, scale)
-    (v,) = evaluate(t, [_pow_fit(p)], party, scale, scale)
+    t = public_affine_lazy(norm.mantissa, party, f, 2.0, -3.0, scale)
+    (v,) = evaluate_lazy(t, [_pow_fit(p)], party, scale, scale, t_bound=1.0)
     peak = max(1.0, 2.0**p)  # the largest m**p on [1, 2)
     cap = 2.0 ** (limit_log2 + abs(p)) / peak
     top_real = (top if top is not None else 1) / 2.0**f
@@ -476,7 +548,7 @@ def _pow_normalized(x: Tensor, p: float, party: Party, limit_log2: float) -> Ten
 
 
 def _scale_exact(
-    v: Tensor, onehot: Tensor, factors: list[float], party: Party, scale_v: int
+    v: Operand, onehot: Tensor, factors: list[float], party: Party, scale_v: int
 ) -> Tensor:
     """``v * factor_bucket`` at scale ``f`` for ``|v| < 16`` at ``scale_v`` and factors up to
     ``2**30``: factors grouped by 12 binary orders, group ``g`` with ``45 - scale_v - 12 g``
@@ -500,7 +572,7 @@ def _scale_exact(
             pairs.append((v, (onehot * w).sum(0)))
             bits.append(scale_v + b - f)
     if not pairs:
-        return torch.zeros_like(v)
+        return torch.zeros_like(v.share if isinstance(v, Pending) else v)
     prods = mul_many(pairs, party, 0, tag="pow.scale")
     outs = truncate_dealer_many(prods, bits, party, tag="pow.trunc")
     return sum(outs[1:], outs[0])
@@ -510,7 +582,8 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
     """``[x ** p]`` for a public exponent.
 
     * integer ``p >= 0``: square-and-multiply, one round per bit of ``p`` (squarings and
-      partial products of one bit share a round); exact up to one ulp per product (the
+      partial products of one bit share a round; exact truncation adds one round at the end,
+      each truncation riding in the next bit's products); exact up to one ulp per product (the
       caller keeps ``x**p`` inside the ring: no saturation here).
     * every other ``p`` (negative, fractional): normalise ``|x| = m 2**e`` with ``m`` in
       ``[1, 2)`` (thresholds ``2**i`` up to ``2**60`` in the ring), ``m**p`` by a degree-10
@@ -542,15 +615,16 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
         k = int(p)
         if k == 0:
             return torch.full_like(x, 1 << f) if party.rank == 0 else torch.zeros_like(x)
-        result: Tensor | None = None
-        base = x
+        # truncations stay pending into the next level's products (protocols/fused.py)
+        result: Operand | None = None
+        base: Operand = x
         while True:
-            pairs = []
+            pairs: list[tuple[Operand, Operand]] = []
             if k & 1 and result is not None:
                 pairs.append((result, base))
             if k > 1:
                 pairs.append((base, base))
-            outs = mul_many(pairs, party, tag="pow")
+            outs = mul_many_lazy(pairs, party, tag="pow")
             if k & 1:
                 result = base if result is None else outs.pop(0)
             k >>= 1
@@ -558,7 +632,8 @@ def pow(x: Tensor, exponent: float, party: Party) -> Tensor:  # noqa: A001 - tor
                 break
             base = outs.pop(0)
         assert result is not None
-        return result.clone()
+        out = settle(result, party, tag="pow.trunc")
+        return out.clone() if out is x else out
     if abs(p) > 16:
         raise ValueError(
             f"party {party.rank}: pow supports |exponent| <= 16 for negative or fractional "
@@ -642,11 +717,20 @@ def _sincos(x: Tensor, party: Party) -> tuple[Tensor, Tensor]:
     angle = public_affine(u, party, scale, 2 * math.pi / (1 << s), 0.0, scale)
     sin_c = [0.0, 1.0, 0.0, -1 / 6, 0.0, 1 / 120, 0.0, -1 / 5040]
     cos_c = [1.0, 0.0, -0.5, 0.0, 1 / 24, 0.0, -1 / 720]
-    sv, cv = evaluate(angle, [sin_c, cos_c], party, scale, scale, coeff_bits=20)
+    # truncations stay pending into the next squaring (protocols/fused.py)
+    sv, cv = evaluate_lazy(angle, [sin_c, cos_c], party, scale, scale, coeff_bits=20)
     for _ in range(s):
-        sc, cc, ss = mul_many([(sv, cv), (cv, cv), (sv, sv)], party, scale, tag="sincos.square")
-        sv, cv = sc << 1, cc - ss
-    return rescale(sv, party, scale, f), rescale(cv, party, scale, f)
+        sc, cc, ss = mul_many_lazy(
+            [(sv, cv), (cv, cv), (sv, sv)], party, scale, tag="sincos.square"
+        )
+        sv = sc.scaled(2) if isinstance(sc, Pending) else sc << 1
+        cv = _sub(cc, ss)
+    sin_v, cos_v = settle_many(
+        [_rescale_lazy(sv, party, scale, f), _rescale_lazy(cv, party, scale, f)],
+        party,
+        tag="sincos.trunc",
+    )
+    return sin_v, cos_v
 
 
 def sin(x: Tensor, party: Party) -> Tensor:
@@ -659,7 +743,8 @@ def sin(x: Tensor, party: Party) -> Tensor:
     from encoding ``1 / 2pi``; measured ``1.1e-4`` (2 parties) and ``2e-4`` (3 parties) on
     ``[-200, 200]``).
 
-    Cost (2 parties): 3 + 5 = 8 rounds (9 for 3 parties: one more squaring); ``~300`` bytes
+    Cost (2 parties): 3 + 5 = 8 rounds (9 for 3 parties: one more squaring); exact truncation
+    (the default): 11 (12 for 3 parties; 18 and 20 unfused); ``~300`` bytes
     per element to each peer. ``sin`` and ``cos`` come together; each function returns one.
     Security: semi-honest; the reduction is local.
     Reference: double-angle range extension, e.g. as used for MPC trigonometry in

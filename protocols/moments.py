@@ -40,12 +40,14 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
+from crypten_lite.protocols.fused import Operand, Pending, lazy
+from crypten_lite.protocols.truncation import resolve_method
 from crypten_lite.protocols.polynomial import (
-    evaluate,
+    evaluate_lazy,
     fit,
     mul_many,
-    public_affine,
-    square_many,
+    public_affine_lazy,
+    square_many_lazy,
     truncate_many,
 )
 
@@ -143,9 +145,18 @@ def _select(onehot: Tensor, values: Sequence[int]) -> Tensor:
     return (onehot * w).sum(0)
 
 
+def _pending(v: Operand) -> list[Pending]:
+    return [v] if isinstance(v, Pending) else []
+
+
+def _got(v: Operand, settled: dict[int, Tensor]) -> Tensor:
+    """``v`` settled by the round it rode in (plain values are themselves)."""
+    return settled[id(v)] if isinstance(v, Pending) else v
+
+
 def _factor_pairs(
-    v: Tensor, onehot: Tensor, factors: Sequence[float], scale_v: int, f: int
-) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
+    v: Operand, onehot: Tensor, factors: Sequence[float], scale_v: int, f: int
+) -> tuple[list[tuple[Operand, Operand]], list[int]]:
     """Pairs whose truncated products sum to ``v * factor_bucket`` at scale ``f``.
 
     Factors are grouped by binary exponent in blocks of 6 (group ``g``: ``[2**6g, 2**(6g+6))``)
@@ -157,7 +168,7 @@ def _factor_pairs(
     for i, fa in enumerate(factors):
         if fa != 0:
             groups.setdefault(math.floor(math.log2(abs(fa)) / 6), []).append(i)
-    pairs: list[tuple[Tensor, Tensor]] = []
+    pairs: list[tuple[Operand, Operand]] = []
     bits: list[int] = []
     for g, idx in sorted(groups.items()):
         b = max(0, 14 - 6 * g)
@@ -212,7 +223,8 @@ def standardize(
 
     Cost (2 parties): 12 rounds (as ``rsqrt(mean(xc * xc) + eps)``); per element 8 + 16 + 8 +
     16 bytes to each peer, per row about ``8 + 5 * 25`` bytes of comparison plus the polynomial.
-    With more parties each truncation is a dealer round.
+    With exact truncation (the default, any ``N``) 14 rounds (``n = 768``; 25 unfused): the
+    truncations ride in the following products (:mod:`~crypten_lite.protocols.fused`).
     Security: semi-honest; only masked values are opened (comparison, products).
     Reference: exact centring by ``n x - sum x`` and scaling by a one-hot power of two as in
     the normalisation step of Catrina and Saxena, FC'10 / Aly and Smart, ACNS'19; comparison as
@@ -228,8 +240,15 @@ def standardize(
     d = x * n - s if center else x * n
     # stage 1: coarse S_c ~ n**3 (var + eps) 4**(f - t_c); s / 2**ceil(log2 n) for the mean
     lg_up = max(0, math.ceil(math.log2(n)))
-    y_c, s_low = truncate_many([d, s], [plan.t_c, lg_up], party)
-    (sq_c,) = square_many([y_c], party, 0, tag="standardize.coarse")
+    # exact truncations ride in the next product's round (protocols/fused.py): y_c's in its
+    # square, s_low's alongside
+    y_c_p, s_low_p = lazy(d, party, plan.t_c), lazy(s, party, lg_up)
+    st: dict[int, Tensor] = {}
+    (sq_c,) = square_many_lazy(
+        [y_c_p], party, 0, tag="standardize.coarse", settled=st, extra=_pending(s_low_p)
+    )
+    assert isinstance(sq_c, Tensor)  # bits 0
+    y_c, s_low = _got(y_c_p, st), _got(s_low_p, st)
     s_c = sq_c.sum(dims, keepdim=True)
     scale_c = float(n) ** 3 * 4.0 ** (f - plan.t_c)
     if party.rank == 0:
@@ -249,29 +268,39 @@ def standardize(
         party,
         tag="standardize.scale",
     )
-    (z,) = truncate_many([z], [big_k], party)
-    y = z[0] + z[1]
-    # squares truncated by b_sq bits when n is large, so the row sum S / 2**b_sq stays near
-    # 2**36 (its local truncation to u below then fails with probability about 2**-26)
-    b_sq = max(0, plan.p - 34)
-    (sq,) = square_many([y], party, b_sq, tag="standardize.fine")
+    z_p = lazy(z, party, big_k)
+    y_p = (
+        Pending(z_p.share[0] + z_p.share[1], z_p.bits)
+        if isinstance(z_p, Pending)
+        else z_p[0] + z_p[1]
+    )
+    # mean = (s / 2**ceil(log2 n)) * (2**ceil(log2 n) / n), the factor in (1/2, 1] at 2**-24
+    g = 24
+    mean_p = lazy(s_low * round(2.0 ** (lg_up + g) / n), party, g)
+    # With local truncation the squares are truncated by b_sq bits when n is large, so the row
+    # sum S / 2**b_sq stays near 2**36 (its local truncation to u below then fails with
+    # probability about 2**-26); the exact truncation needs no such cut (|S| < 2**62).
+    b_sq = max(0, plan.p - 34) if resolve_method(party) == "local" else 0
+    (sq,) = square_many_lazy(
+        [y_p], party, b_sq, tag="standardize.fine", settled=st, extra=_pending(mean_p)
+    )
+    assert isinstance(sq, Tensor)  # local truncation, or bits 0: nothing pending
+    y, mean = _got(y_p, st), _got(mean_p, st)
     s_fine = sq.sum(dims, keepdim=True)
     # eps at the fine scale, and a floor of 2**P in the bottom bucket (saturation)
     cap = 1 << (plan.p - b_sq + 3)
     add = [min(round(eps * float(n) ** 3 * 4.0 ** (f - k) / 2.0**b_sq), cap) for k in ks]
     add[0] += 1 << (plan.p - b_sq)
     s_tot = s_fine + _select(onehot, add)  # one-hot shares times public integers: local
-    # mean = (s / 2**ceil(log2 n)) * (2**ceil(log2 n) / n), the factor in (1/2, 1] at 2**-24
-    g = 24
-    s_mean = s_low * round(2.0 ** (lg_up + g) / n)
-    u, mean = truncate_many([s_tot, s_mean], [plan.p - b_sq - _U_SCALE, g], party)
-    t = public_affine(
+    (u,) = truncate_many([s_tot], [plan.p - b_sq - _U_SCALE], party)
+    t = public_affine_lazy(
         u, party, _U_SCALE, 2 / (_U_HI - _U_LO), -(_U_HI + _U_LO) / (_U_HI - _U_LO), _U_SCALE
     )
     gain = math.sqrt(n) / 2.0**plan.c  # in [1, 2)
     coeffs = [gain * cf for cf in fit(_rsqrt, _U_LO, _U_HI, 12, True)]
-    (q,) = evaluate(t, [coeffs], party, _U_SCALE, _U_SCALE)
-    pairs: list[tuple[Tensor, Tensor]] = [(y, q)]
+    # t = 2 (u - lo) / (hi - lo) - 1 lies in [-1, 1] (u is in [lo, hi] by the bucket choice)
+    (q,) = evaluate_lazy(t, [coeffs], party, _U_SCALE, _U_SCALE, t_bound=1.0)
+    pairs: list[tuple[Operand, Operand]] = [(y, q)]
     bits = [_U_SCALE + plan.p // 2 - plan.c - f]
     assert bits[0] >= 0
     # rstd = q * 2**c * n * 2**(f - k - P/2)
@@ -282,7 +311,7 @@ def standardize(
     bits += r_bits
     if need_var:
         # var = (S / 2**P) * 2**P * 4**k / (n**3 * 4**f)
-        (v,) = truncate_many([s_fine], [plan.p - b_sq - _U_SCALE], party)
+        v = lazy(s_fine, party, plan.p - b_sq - _U_SCALE)
         v_pairs, v_bits = _factor_pairs(
             v, onehot, [2.0 ** (plan.p + 2 * k - 2 * f) / n**3 for k in ks], _U_SCALE, f
         )

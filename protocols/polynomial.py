@@ -24,6 +24,7 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver, material_parts
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
+from crypten_lite.protocols.fused import Operand, Pending, lazy, mul_fused, settle, settle_many
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.truncation import (
     resolve_method,
@@ -39,11 +40,15 @@ __all__ = [
     "fit",
     "internal_scale",
     "mul_many",
+    "mul_many_lazy",
     "normalize",
     "public_affine",
+    "public_affine_lazy",
     "rescale",
     "scale_by_buckets",
+    "scale_by_buckets_lazy",
     "square_many",
+    "square_many_lazy",
     "truncate_dealer_many",
     "truncate_many",
 ]
@@ -123,8 +128,57 @@ def truncate_dealer_many(
     return [t for t in out if t is not None]
 
 
+def _bits_list(bits: int | Sequence[int] | None, n: int, party: Party) -> list[int]:
+    if bits is None:
+        return [party.frac_bits] * n
+    if isinstance(bits, int):
+        return [bits] * n
+    return list(bits)
+
+
+def mul_many_lazy(
+    pairs: Sequence[tuple[Operand, Operand]],
+    party: Party,
+    bits: int | Sequence[int] | None = None,
+    *,
+    tag: str = "approx.mul",
+    settled: dict[int, Tensor] | None = None,
+    extra: Sequence[Pending] = (),
+) -> list[Operand]:
+    """:func:`mul_many` whose truncations are left pending (:mod:`~crypten_lite.protocols.fused`):
+    operands may be :class:`~crypten_lite.protocols.fused.Pending`, their truncation rides in
+    this round, and each product comes back pending (truncated at once with the 2-party local
+    method).
+
+    Cost: 1 round (no truncation round: the next product or :func:`settle` pays it).
+    Security and reference: as :func:`~crypten_lite.protocols.fused.mul_fused`.
+    """
+    if not pairs:
+        return []
+    bits_list = _bits_list(bits, len(pairs), party)
+    zs = mul_fused(pairs, party, tag=tag, settled=settled, extra=extra)
+    return [lazy(z, party, b) for z, b in zip(zs, bits_list, strict=True)]
+
+
+def square_many_lazy(
+    xs: Sequence[Operand],
+    party: Party,
+    bits: int | Sequence[int],
+    *,
+    tag: str = "approx.square",
+    settled: dict[int, Tensor] | None = None,
+    extra: Sequence[Pending] = (),
+) -> list[Operand]:
+    """:func:`square_many` with pending operands and results (see :func:`mul_many_lazy`).
+
+    Cost: 1 round, ``8`` bytes per element to each peer.
+    Security and reference: as :func:`~crypten_lite.protocols.fused.mul_fused`.
+    """
+    return mul_many_lazy([(x, x) for x in xs], party, bits, tag=tag, settled=settled, extra=extra)
+
+
 def mul_many(
-    pairs: Sequence[tuple[Tensor, Tensor]],
+    pairs: Sequence[tuple[Operand, Operand]],
     party: Party,
     bits: int | Sequence[int] | None = None,
     *,
@@ -133,7 +187,8 @@ def mul_many(
     """Products of several pairs in one Beaver round, each truncated by its ``bits``.
 
     Args:
-        pairs: ``(x, y)`` shares (broadcasting within a pair).
+        pairs: ``(x, y)`` shares (broadcasting within a pair); pending operands
+            (:class:`~crypten_lite.protocols.fused.Pending`) are truncated in the same round.
         bits: truncation per product (default ``f``); 0 keeps the full product.
 
     Cost: 1 round, ``8 * (numel x + numel y)`` bytes per pair to each peer, plus one dealer
@@ -144,24 +199,21 @@ def mul_many(
     """
     if not pairs:
         return []
+    if any(isinstance(v, Pending) for pair in pairs for v in pair):
+        out = mul_many_lazy(pairs, party, bits, tag=tag)
+        return settle_many(out, party, tag=tag + ".trunc")
+    plain = [(x, y) for x, y in pairs if isinstance(x, Tensor) and isinstance(y, Tensor)]
     shapes = [torch.broadcast_shapes(x.shape, y.shape) for x, y in pairs]  # type: ignore[no-untyped-call]
-    xs = torch.cat([x.expand(s).reshape(-1) for (x, _), s in zip(pairs, shapes, strict=True)])
-    ys = torch.cat([y.expand(s).reshape(-1) for (_, y), s in zip(pairs, shapes, strict=True)])
+    xs = torch.cat([x.expand(s).reshape(-1) for (x, _), s in zip(plain, shapes, strict=True)])
+    ys = torch.cat([y.expand(s).reshape(-1) for (_, y), s in zip(plain, shapes, strict=True)])
     z = beaver("mul", xs, ys, party, tag=tag)
     chunks = z.split([math.prod(s) for s in shapes])  # type: ignore[no-untyped-call]
     parts = [p.view(s) for p, s in zip(chunks, shapes, strict=True)]
-    f = party.frac_bits
-    if bits is None:
-        bits_list = [f] * len(pairs)
-    elif isinstance(bits, int):
-        bits_list = [bits] * len(pairs)
-    else:
-        bits_list = list(bits)
-    return truncate_many(parts, bits_list, party)
+    return truncate_many(parts, _bits_list(bits, len(pairs), party), party)
 
 
 def square_many(
-    xs: Sequence[Tensor], party: Party, bits: int | Sequence[int], *, tag: str = "approx.square"
+    xs: Sequence[Operand], party: Party, bits: int | Sequence[int], *, tag: str = "approx.square"
 ) -> list[Tensor]:
     """Squares of several sharings in one round with square pairs ``[a], [a*a]``.
 
@@ -172,16 +224,20 @@ def square_many(
     Security: semi-honest; ``a`` uniform, so ``e`` is uniform.
     Reference: Beaver, CRYPTO'91 (square pairs).
     """
-    items = party.dealer.fetch([DealerRequest("square", {"shape": list(x.shape)}) for x in xs])
-    opened = open_shares([x - a for x, (a, _) in zip(xs, items, strict=True)], party, tag=tag)
+    if any(isinstance(x, Pending) for x in xs):
+        out = square_many_lazy(xs, party, bits, tag=tag)
+        return settle_many(out, party, tag=tag + ".trunc")
+    plain = [x for x in xs if isinstance(x, Tensor)]
+    items = party.dealer.fetch([DealerRequest("square", {"shape": list(x.shape)}) for x in plain])
+    opened = open_shares([x - a for x, (a, _) in zip(plain, items, strict=True)], party, tag=tag)
     assert opened is not None
-    zs = [a2 + e * (x + a) for x, (a, a2), e in zip(xs, items, opened, strict=True)]
+    zs = [a2 + e * (x + a) for x, (a, a2), e in zip(plain, items, opened, strict=True)]
     bits_list = [bits] * len(xs) if isinstance(bits, int) else list(bits)
     return truncate_many(zs, bits_list, party)
 
 
 def evaluate(
-    t: Tensor,
+    t: Operand,
     polys: Sequence[Sequence[float]],
     party: Party,
     scale_in: int,
@@ -198,83 +254,155 @@ def evaluate(
     3. Pairs of blocks merge as ``B_2i + u B_2i+1`` with ``u = t**4``, then ``u**2``, ...: one
        round per level; blocks that are constants are scaled locally.
 
-    All polynomials share the powers and every round is one opening. Rounds: 0 (degree <= 1),
-    1 (2), 2 (3..4), 3 (5..7 and 8), 4 (9..15). Products: degree 12 takes 7 (a power ladder
-    takes 11).
+    All polynomials share the powers and every round is one opening. Rounds (2-party local
+    truncation): 0 (degree <= 1), 1 (2), 2 (3..4), 3 (5..7 and 8), 4 (9..15). Products:
+    degree 12 takes 7 (a power ladder takes 11). With exact truncation the truncations are
+    fused into the next products (:func:`evaluate_lazy`): one more round for degree 2..4 (the
+    settled ``t**2``); for degree 5 and above one more (``t**3`` and ``t**4`` settled for the
+    blocks) and one per level where a constant block scales a pending ``u``, none with
+    :func:`evaluate_lazy`'s ``t_bound`` (they stay pending); plus the final truncation here
+    (none with :func:`evaluate_lazy`, whose results feed the next product).
 
     Cost: the rounds above; ``8`` bytes per element for the square and ``16`` per other product to
-    each peer, plus one dealer truncation round per product round with more than 2 parties.
-    Security: semi-honest, as Beaver products.
+    each peer.
+    Security: semi-honest, as Beaver products and truncation.
     Reference: Estrin, "Organization of computer systems", 1960; Paterson and Stockmeyer,
     SIAM J. Comput. 1973 (fewer non-scalar products).
+    """
+    outs = evaluate_lazy(t, polys, party, scale_in, scale_out, coeff_bits=coeff_bits)
+    return settle_many(outs, party, tag="poly.trunc")
+
+
+def evaluate_lazy(
+    t: Operand,
+    polys: Sequence[Sequence[float]],
+    party: Party,
+    scale_in: int,
+    scale_out: int,
+    *,
+    coeff_bits: int = 16,
+    t_bound: float | None = None,
+) -> list[Operand]:
+    """:func:`evaluate` with the results' truncations left pending (for a following product);
+    ``t`` may be pending. Every truncation inside is either fused into the next product or, for
+    values the blocks need as linear terms (``t**2``, ``t**3``, ``u``), settled; each pending
+    value is a product or an exact linear combination below ``2**62`` whenever the
+    non-lazy evaluation's values stay below it.
+
+    ``t_bound``: a promise ``|t| <= t_bound`` (a mantissa mapped onto ``[-1, 1]``). When the
+    coefficients then keep every pending term below ``2**61`` (checked here, in public),
+    degree 5 and above also leave ``t**3`` and ``u`` pending (linear terms of the blocks):
+    no settling round at all, the same rounds as the local truncation plus the final one.
+
+    Cost, security and reference: as :func:`evaluate`.
     """
     s = scale_in
     deg = max(len(c) for c in polys) - 1
     if deg <= 1:
-        return [_combine([t], c, party, s, scale_out, coeff_bits) for c in polys]
-    (t2,) = square_many([t], party, s, tag="poly.square")
+        tt = settle(t, party)
+        return [_combine_lazy([tt], c, party, s, scale_out, coeff_bits) for c in polys]
+    st: dict[int, Tensor] = {}
+    (t2,) = square_many_lazy([t], party, s, tag="poly.square", settled=st)
+    t_set = st[id(t)] if isinstance(t, Pending) else t
     if deg == 2:
-        return [_combine([t, t2], c, party, s, scale_out, coeff_bits) for c in polys]
+        t2s = settle(t2, party)
+        return [_combine_lazy([t_set, t2s], c, party, s, scale_out, coeff_bits) for c in polys]
     if deg <= 4:
-        inner = [_combine([t, t2], list(c[2:]), party, s, s, coeff_bits) for c in polys]
-        prods = mul_many([(t2, q) for q in inner], party, s, tag="poly.estrin")
-        lows = [_combine([t], list(c[:2]), party, s, s, coeff_bits) for c in polys]
-        return [rescale(lo + p, party, s, scale_out) for lo, p in zip(lows, prods, strict=True)]
-    t3, t4 = mul_many([(t, t2), (t2, t2)], party, s, tag="poly.powers")
-    basis = [t, t2, t3]
-    out_blocks = []
+        t2s = settle(t2, party)
+        inner = [_combine_lazy([t_set, t2s], list(c[2:]), party, s, s, coeff_bits) for c in polys]
+        prods = mul_many_lazy([(t2s, q) for q in inner], party, s, tag="poly.estrin")
+        lows = [_combine_lazy([t_set], list(c[:2]), party, s, s, coeff_bits) for c in polys]
+        return [
+            _rescale_op(_add_op(lo, p), party, s, scale_out)
+            for lo, p in zip(lows, prods, strict=True)
+        ]
+    # With |t| <= t_bound promised, pending t**3 and u enter the blocks linearly (their
+    # pending z times a coefficient stays below 2**61): no round to settle them.
+    fuse = t_bound is not None and _fits(polys, t_bound, 2 * s + coeff_bits)
+    st = {}
+    t3, t4 = mul_many_lazy([(t_set, t2), (t2, t2)], party, s, tag="poly.powers", settled=st)
+    t2s = st[id(t2)] if isinstance(t2, Pending) else t2
+    if not fuse:
+        t3, t4 = settle_many([t3, t4], party, tag="poly.trunc")
+    out_blocks: list[list[Operand | float]] = []
     for c in polys:
-        blocks: list[Tensor | float] = []
+        blocks: list[Operand | float] = []
         for i in range(0, len(c), 4):
             chunk = list(c[i : i + 4])
             if all(v == 0 for v in chunk[1:]):
                 blocks.append(chunk[0])  # a constant block: scaled locally later
             else:
-                blocks.append(_combine(basis, chunk, party, s, s, coeff_bits))
+                blocks.append(_block([t_set, t2s], t3, chunk, party, s, coeff_bits))
         out_blocks.append(blocks)
-    u = t4
+    u: Operand = t4
     while max(len(b) for b in out_blocks) > 1:
-        pairs: list[tuple[Tensor, Tensor]] = []
+        if (
+            isinstance(u, Pending)
+            and not fuse
+            and any(
+                not isinstance(blocks[i], (Tensor, Pending))
+                for blocks in out_blocks
+                for i in range(1, len(blocks), 2)
+            )
+        ):
+            u = settle(u, party, tag="poly.trunc")  # a constant block scales u linearly
+        pairs: list[tuple[Operand, Operand]] = []
         need_square = max(len(b) for b in out_blocks) > 2
         for blocks in out_blocks:
             for i in range(1, len(blocks), 2):
-                if isinstance(blocks[i], Tensor):
-                    pairs.append((u, blocks[i]))  # type: ignore[arg-type]
+                hi_b = blocks[i]
+                if isinstance(hi_b, (Tensor, Pending)):
+                    pairs.append((u, hi_b))
         if need_square:
             pairs.append((u, u))
-        prods = mul_many(pairs, party, s, tag="poly.estrin")
+        prods = mul_many_lazy(pairs, party, s, tag="poly.estrin")
         it = iter(prods)
         merged_all = []
         for blocks in out_blocks:
-            merged: list[Tensor | float] = []
+            merged: list[Operand | float] = []
             for i in range(0, len(blocks), 2):
                 lo = blocks[i]
                 if i + 1 == len(blocks):
                     merged.append(lo)
                     continue
                 hi = blocks[i + 1]
-                part = next(it) if isinstance(hi, Tensor) else _scale(u, hi, party, s, coeff_bits)
-                merged.append(_add(lo, part, party, s))
+                if isinstance(hi, (Tensor, Pending)):
+                    part = next(it)
+                else:
+                    part = _scale_lazy(u, hi, party, s, coeff_bits)
+                merged.append(_add_op(lo, part, party, s))
             merged_all.append(merged)
         if need_square:
             u = next(it)
         out_blocks = merged_all
-    results = []
+    results: list[Operand] = []
     for (b,) in out_blocks:
-        val = b if isinstance(b, Tensor) else _constant(b, t, party, s)
-        results.append(rescale(val, party, s, scale_out))
+        val = b if isinstance(b, (Tensor, Pending)) else _constant(b, t_set, party, s)
+        results.append(_rescale_op(val, party, s, scale_out))
     return results
 
 
-def _combine(
+def _rescale_op(x: Operand, party: Party, src: int, dst: int) -> Operand:
+    """:func:`rescale` of an operand, the truncation left pending."""
+    if isinstance(x, Pending):
+        if dst >= src:
+            return Pending(x.share << (dst - src), x.bits)
+        return Pending(x.share, x.bits + src - dst)
+    if dst >= src:
+        return x << (dst - src)
+    return lazy(x, party, src - dst)
+
+
+def _combine_lazy(
     basis: Sequence[Tensor],
     coeffs: Sequence[float],
     party: Party,
     scale_in: int,
     scale_out: int,
     coeff_bits: int,
-) -> Tensor:
-    """``c_0 + sum_{k>=1} c_k basis[k-1]`` (basis at ``scale_in``), exact sum, one truncation."""
+) -> Operand:
+    """``c_0 + sum_{k>=1} c_k basis[k-1]`` (basis at ``scale_in``), exact sum, one pending
+    truncation."""
     acc_scale = scale_in + coeff_bits
     acc = torch.zeros_like(basis[0])
     for b, c in zip(basis, coeffs[1:], strict=False):
@@ -283,11 +411,47 @@ def _combine(
             acc += b * w
     if party.rank == 0 and coeffs:
         acc += round(coeffs[0] * (1 << acc_scale))
-    return rescale(acc, party, acc_scale, scale_out)
+    return _rescale_op(acc, party, acc_scale, scale_out)
 
 
-def _scale(u: Tensor, c: float, party: Party, scale: int, coeff_bits: int) -> Tensor:
-    return rescale(u * round(c * (1 << coeff_bits)), party, scale + coeff_bits, scale)
+def _scale_lazy(u: Operand, c: float, party: Party, scale: int, coeff_bits: int) -> Operand:
+    w = round(c * (1 << coeff_bits))
+    uw = u.scaled(w) if isinstance(u, Pending) else u * w
+    return _rescale_op(uw, party, scale + coeff_bits, scale)
+
+
+def _fits(polys: Sequence[Sequence[float]], t_bound: float, z_scale: int) -> bool:
+    """Whether ``sum |c_k| max(1, t_bound)**k`` at ``z_scale`` stays below ``2**61``: every
+    pending block or scaled power of :func:`evaluate_lazy` then fits the ring with headroom."""
+    b = max(1.0, t_bound)
+    worst = max(sum(abs(c) * b**k for k, c in enumerate(p)) for p in polys)
+    return worst * 2.0**z_scale < 2.0**61
+
+
+def _block(
+    basis: Sequence[Tensor],
+    t3: Operand,
+    chunk: Sequence[float],
+    party: Party,
+    scale: int,
+    coeff_bits: int,
+) -> Operand:
+    """``c_0 + c_1 t + c_2 t**2 + c_3 t**3`` at ``scale`` with settled ``t, t**2`` and a
+    possibly pending ``t**3`` (its term added to the exact sum before the one truncation)."""
+    if isinstance(t3, Tensor):
+        return _combine_lazy([*basis, t3], chunk, party, scale, scale, coeff_bits)
+    acc_scale = scale + coeff_bits
+    acc = torch.zeros_like(basis[0])
+    for b, c in zip(basis, chunk[1:3], strict=False):
+        w = round(c * (1 << coeff_bits))
+        if w:
+            acc += b * w
+    if party.rank == 0:
+        acc += round(chunk[0] * (1 << acc_scale))
+    w3 = round(chunk[3] * (1 << coeff_bits)) if len(chunk) > 3 else 0
+    if w3 == 0:
+        return _rescale_op(acc, party, acc_scale, scale)
+    return _rescale_op(t3.scaled(w3) + acc, party, acc_scale, scale)
 
 
 def _constant(c: float, like: Tensor, party: Party, scale: int) -> Tensor:
@@ -297,34 +461,58 @@ def _constant(c: float, like: Tensor, party: Party, scale: int) -> Tensor:
     return out
 
 
-def _add(a: Tensor | float, b: Tensor, party: Party, scale: int) -> Tensor:
-    if isinstance(a, Tensor):
+def _add_op(a: Operand | float, b: Operand, party: Party | None = None, scale: int = 0) -> Operand:
+    """``a + b`` for operands (pending ones aligned) or a float constant ``a`` at ``scale``."""
+    if not isinstance(a, (Tensor, Pending)):
+        assert party is not None
+        like = b.share if isinstance(b, Pending) else b
+        a = _constant(a, like, party, scale)
+    if isinstance(a, Pending):
         return a + b
-    return _constant(a, b, party, scale) + b
+    if isinstance(b, Pending):
+        return b + a
+    return a + b
 
 
 def public_affine(
     x: Tensor, party: Party, scale_x: int, a: float, b: float, scale_out: int
 ) -> Tensor:
-    """``[a * x + b]`` for public reals ``a, b``, from scale ``scale_x`` to ``scale_out``.
-
-    Exact shift when ``a`` is a power of two and no truncation is needed; otherwise one
-    truncation of ``x * round(a * 2**g)`` with ``g = 20``.
+    """``[a * x + b]`` for public reals ``a, b``, from scale ``scale_x`` to ``scale_out``
+    (:func:`public_affine_lazy`, its truncation done at once).
 
     Cost: local for 2 parties (one truncation).
     Security: public operands only.
 
     Reference: fixed-point scaling as in SecureML (Mohassel and Zhang, S&P'17).
     """
+    return settle(public_affine_lazy(x, party, scale_x, a, b, scale_out), party)
+
+
+def public_affine_lazy(
+    x: Tensor, party: Party, scale_x: int, a: float, b: float, scale_out: int
+) -> Operand:
+    """``[a * x + b]`` for public reals ``a, b``, from scale ``scale_x`` to ``scale_out``.
+
+    Exact shift when ``a`` is a power of two and no truncation is needed; otherwise one
+    truncation of ``x * round(a * 2**g)`` with ``g = 20``.
+
+    Cost: 0 rounds: the truncation is left pending for the next product
+    (:mod:`~crypten_lite.protocols.fused`), or local with 2-party local truncation.
+    Security: public operands only.
+
+    Reference: fixed-point scaling as in SecureML (Mohassel and Zhang, S&P'17).
+    """
     mant, expo = math.frexp(a)
+    y: Operand
     if mant == 0.5:  # a = 2**(expo - 1)
         shift = expo - 1 + scale_out - scale_x
-        y = x << shift if shift >= 0 else truncate(x, party, -shift)
+        y = x << shift if shift >= 0 else lazy(x, party, -shift)
     else:
         g = 20
-        y = rescale(x * round(a * (1 << g)), party, scale_x + g, scale_out)
+        y = _rescale_op(x * round(a * (1 << g)), party, scale_x + g, scale_out)
     if party.rank == 0:
-        y = y + round(b * (1 << scale_out))
+        like = y.share if isinstance(y, Pending) else y
+        y = _add_op(y, torch.full_like(like, round(b * (1 << scale_out))))
     return y
 
 
@@ -468,7 +656,7 @@ def _one_minus(v: Tensor, party: Party) -> Tensor:
 
 
 def scale_by_buckets(
-    v: Tensor,
+    v: Operand,
     onehot: Tensor,
     factors: Sequence[float],
     party: Party,
@@ -476,6 +664,26 @@ def scale_by_buckets(
     *,
     add: Sequence[float] | None = None,
 ) -> Tensor:
+    """:func:`scale_by_buckets_lazy` with its truncation done (one more round with exact
+    truncation).
+
+    Cost: 1 round (2 with exact truncation), as :func:`scale_by_buckets_lazy`.
+    Security: semi-honest, as Beaver products.
+    Reference: Beaver, CRYPTO'91.
+    """
+    out = scale_by_buckets_lazy(v, onehot, factors, party, scale_v, add=add)
+    return settle(out, party, tag="scale.trunc")
+
+
+def scale_by_buckets_lazy(
+    v: Operand,
+    onehot: Tensor,
+    factors: Sequence[float],
+    party: Party,
+    scale_v: int,
+    *,
+    add: Sequence[float] | None = None,
+) -> Operand:
     """``v * sum_i onehot_i * factors_i (+ sum_i onehot_i * add_i)`` at scale ``f``, one round.
 
     When every nonzero factor is a power of two and ``v`` times the largest, with the smallest
@@ -498,10 +706,12 @@ def scale_by_buckets(
         if scale_v + 2 + top_bits + bits <= 42 and scale_v + bits >= f:
             w = torch.tensor([round(fa * (1 << bits)) for fa in factors], dtype=torch.int64)
             view1 = (-1,) + (1,) * (onehot.dim() - 1)
-            (out,) = mul_many([(v, (onehot * w.view(view1)).sum(0))], party, [scale_v + bits - f])
+            (out,) = mul_many_lazy(
+                [(v, (onehot * w.view(view1)).sum(0))], party, [scale_v + bits - f]
+            )
             if add is not None:
                 w_add = torch.tensor([round(a * (1 << f)) for a in add], dtype=torch.int64)
-                out = out + (onehot * w_add.view(view1)).sum(0)
+                out = _add_op(out, (onehot * w_add.view(view1)).sum(0))
             return out
     big = [fa if abs(fa) >= 1 else 0.0 for fa in factors]
     small = [fa if abs(fa) < 1 else 0.0 for fa in factors]
@@ -514,11 +724,11 @@ def scale_by_buckets(
     view = (-1,) + (1,) * (onehot.dim() - 1)
     s_big = (onehot * w_big.view(view)).sum(0)
     s_small = (onehot * w_small.view(view)).sum(0)
-    hi_part, lo_part = mul_many(
+    hi_part, lo_part = mul_many_lazy(
         [(v, s_big), (v, s_small)], party, [scale_v + sb_bits - f, scale_v + 20 - f]
     )
-    out = hi_part + lo_part
+    out = _add_op(hi_part, lo_part)
     if add is not None:
         w_add = torch.tensor([round(a * (1 << f)) for a in add], dtype=torch.int64)
-        out = out + (onehot * w_add.view(view)).sum(0)
+        out = _add_op(out, (onehot * w_add.view(view)).sum(0))
     return out

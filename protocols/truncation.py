@@ -30,7 +30,10 @@ target (it would need every truncated ``|x| < 2**17``), so ``auto`` is exact eve
 product ``|x * y| < 2**(62 - 2f)`` (``2**30`` in real units at ``f = 16``, far above
 activations of ``1e3`` whose products are near ``2**20``); beyond that the product no longer fits
 the ring's headroom, which the domain report (:func:`crypten_lite.check_model`) lists before
-a run. Cost: one more round per product round (see the README's truncation paragraph).
+a run. Cost: one round per truncation on its own (:func:`truncate_dealer`); where the truncated
+value feeds another product its opening rides in that product's round instead
+(:mod:`crypten_lite.protocols.fused`), so the approximations cost 1-3 rounds more than with
+``local``, not twice as many (see the README's truncation paragraph).
 """
 
 from __future__ import annotations

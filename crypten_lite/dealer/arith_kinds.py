@@ -2,7 +2,10 @@
 
 These kinds take tensor shapes (one component element per value): Beaver triples for every
 bilinear op of :mod:`crypten_lite.ring` and their XOR counterpart, square pairs, truncation
-pairs, edaBits and random shared bits (:data:`ARITH_KINDS`).
+pairs, edaBits and random shared bits (:data:`ARITH_KINDS`), and the ``fused`` items of
+:mod:`crypten_lite.protocols.fused` (exact truncations opened in the next product's round):
+per operand a uniform mask, per pending operand its truncation pair, per product the cross
+terms of the operands' masks (:func:`fused_terms` counts them).
 
 Fixed operands (a weight multiplied by many inputs): ``fixed_mask`` deals a uniform ``[b]`` that
 the dealer *keeps* (reconstructed from the seeds, so it is still seed-compressed and the dealer
@@ -33,7 +36,7 @@ from crypten_lite.dealer.request import (
 from crypten_lite.errors import ProtocolError
 from crypten_lite.ring import bilinear, bilinear_output_shape, logical_rshift, msb
 
-__all__ = ["ARITH_KINDS"]
+__all__ = ["ARITH_KINDS", "fused_terms"]
 
 
 def _triple_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
@@ -106,6 +109,86 @@ def _fixed_release_derive(
     return []
 
 
+def _fused_spec(p: Mapping[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Validated ``operands`` (``[numel, bits]``, bits 0 = plain) and ``products`` (``[i, j]``)."""
+    ops, prods = p.get("operands"), p.get("products")
+    if not isinstance(ops, list) or not isinstance(prods, list) or not ops or len(ops) > 4096:
+        raise ProtocolError("dealer request 'fused' needs lists 'operands' and 'products'")
+    operands: list[tuple[int, int]] = []
+    for o in ops:
+        if not (
+            isinstance(o, list)
+            and len(o) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in o)
+            and 0 <= o[0] < 1 << 40
+            and 0 <= o[1] <= 62
+        ):
+            raise ProtocolError(f"dealer request 'fused': bad operand {str(o)[:40]!r}")
+        operands.append((o[0], o[1]))
+    products: list[tuple[int, int]] = []
+    for q in prods:
+        if not (
+            isinstance(q, list)
+            and len(q) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in q)
+            and 0 <= q[0] <= q[1] < len(operands)
+            and operands[q[0]][0] == operands[q[1]][0]
+        ):
+            raise ProtocolError(f"dealer request 'fused': bad product {str(q)[:40]!r}")
+        products.append((q[0], q[1]))
+    return operands, products
+
+
+def fused_terms(ki: int, kj: int, square: bool) -> int:
+    """Number of cross-term components of one fused product (see ``_fused_derive``)."""
+    if square:
+        return 1 if ki == 0 else 2
+    n_i, n_j = (1 if ki == 0 else 2), (1 if kj == 0 else 2)
+    n = n_i * n_j
+    # [s s'] is multiplied by 2**(128 - k - k') in the protocol: 0 mod 2**64 unless k + k' > 64
+    return n - 1 if ki and kj and ki + kj <= 64 else n
+
+
+def _fused_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
+    operands, products = _fused_spec(p)
+    free: list[tuple[Shape, str]] = [((n,), ARITH) for n, _ in operands]
+    derived: list[tuple[Shape, str]] = [((n,), ARITH) for n, k in operands if k for _ in range(2)]
+    for i, j in products:
+        n = operands[i][0]
+        derived += [((n,), ARITH)] * fused_terms(operands[i][1], operands[j][1], i == j)
+    return free, derived
+
+
+def _fused_derive(
+    p: Mapping[str, Any], f: list[torch.Tensor], store: DealerStore
+) -> list[torch.Tensor]:
+    # Per operand i with mask u_i: plain (bits 0) has the basis [u_i]; pending (bits k) has
+    # [u_hi = u >> k (logical), s = msb(u)]. Per product: the products of basis elements that
+    # the protocol needs (protocols/fused.py): plain x plain [u u'], pending x plain
+    # [hi u'], [s u'], pending x pending [hi hi'], [hi s'], [s hi'] (and [s s'] when
+    # k + k' > 64); squares: [u**2], or [hi**2], [hi s] (s**2 = s needs no component).
+    operands, products = _fused_spec(p)
+    out: list[torch.Tensor] = []
+    basis: list[list[torch.Tensor]] = []
+    for (_, k), u in zip(operands, f, strict=True):
+        if k:
+            hi, s = logical_rshift(u, k), msb(u)
+            out += [hi, s]
+            basis.append([hi, s])
+        else:
+            basis.append([u])
+    for i, j in products:
+        bi, bj = basis[i], basis[j]
+        if i == j:
+            out += [bi[0] * bi[0]] if len(bi) == 1 else [bi[0] * bi[0], bi[0] * bi[1]]
+            continue
+        terms = [x * y for x in bi for y in bj]
+        if len(bi) == 2 and len(bj) == 2 and operands[i][1] + operands[j][1] <= 64:
+            terms.pop()  # [s s']: see fused_terms
+        out += terms
+    return out
+
+
 ARITH_KINDS: dict[str, _Kind] = {
     # Beaver triple for a bilinear op: [a], [b], [c = op(a, b)].
     "triple": _Kind(_triple_layout, _triple_derive),
@@ -144,6 +227,9 @@ ARITH_KINDS: dict[str, _Kind] = {
     "fixed_mask": _Kind(_fixed_mask_layout, _fixed_mask_derive),
     # Triple with a stored fixed mask: [a] fresh, [c = op(a, b_id)] (or op(b_id, a)).
     "fixed_triple": _Kind(_fixed_triple_layout, _fixed_triple_derive),
+    # Fused truncation and products (protocols/fused.py): per operand a uniform mask, per
+    # pending operand its truncation pair's [u >> k], [msb(u)], per product the cross terms.
+    "fused": _Kind(_fused_layout, _fused_derive),
     # Forget a stored fixed mask (no components).
     "fixed_release": _Kind(_fixed_release_layout, _fixed_release_derive),
 }

@@ -266,7 +266,19 @@ def test_roots_reciprocal_domain_edges_and_cost(run_parties: Run) -> None:
 
     xre, xse = enc(xr), enc(xs)
     # The docstrings' 2-party round counts are for explicit local truncation; the default
-    # (exact dealer truncation) adds one round per product round (29, 25, 19, 23 here).
+    # (exact dealer truncation, its openings fused into the next products: protocols/fused.py)
+    # adds 1 or 2 rounds here (17, 13, 11, 12; 29, 25, 19, 23 when every truncation was a
+    # round of its own).
+    for res in run_parties(fn, 2):
+        cost = res["cost"]
+        check("recip", res["recip"], 1 / xre, 2e-4, 2 * ULP)
+        check("inv_sqrt", res["inv_sqrt"], xse**-0.5, 1e-4, 2 * ULP)
+        assert [cost[k][0] for k in ("recip", "recip_pos", "sqrt", "inv_sqrt")] == [
+            17,
+            13,
+            11,
+            12,
+        ], cost
     for res in run_parties(fn, 2, truncation="local"):
         check("recip", res["recip"], 1 / xre, 2e-4, 2 * ULP)
         check("recip_pos", res["recip_pos"], 1 / xre, 2e-4, 2 * ULP)
