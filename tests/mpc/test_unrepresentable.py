@@ -3,6 +3,7 @@ the session stays in step afterwards (nobody is left waiting), for 2 and 3 parti
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import crypten_lite as cl
+from crypten_lite.encoding import SaturationWarning
 from crypten_lite.errors import EncodingError, PartyFailedError
 
 X = torch.tensor([1.0, -2.0, 3.0])
@@ -20,12 +22,33 @@ X = torch.tensor([1.0, -2.0, 3.0])
 CASES: list[tuple[str, Callable[[Any], Any]]] = [
     ("aten.mul.Tensor", lambda x: x * 1e20),
     ("aten.mul.Tensor", lambda x: x * torch.tensor([1.0, 1e20, 2.0])),
-    ("aten.add.Tensor", lambda x: x + 3e15),
     ("aten.div.Tensor", lambda x: x / 1e-20),
     ("aten.constant_pad_nd.default", lambda x: F.pad(x, (1, 1), value=1e18)),
     ("aten.dot.default", lambda x: x @ torch.full((3,), 1e15)),
-    ("aten.where.self", lambda x: torch.where(torch.tensor([True, False, True]), x, 1e16)),
+    ("aten.mul.Tensor", lambda x: x * float("nan")),
 ]
+
+
+def test_masking_operands_out_of_range_saturate_with_a_warning_on_every_party(
+    run_parties: Any, world_size: int
+) -> None:
+    """The other half of the one rule (README, Limitations): a public operand of +/- or a fill
+    value of where/masked_fill beyond 2**24 is a mask: it saturates to +-2**24, with a
+    SaturationWarning, the same on every party."""
+
+    def body(party: Any) -> list[torch.Tensor]:
+        with cl.use_party(party), warnings.catch_warnings():
+            warnings.simplefilter("ignore", SaturationWarning)  # one per op; checked below
+            x = cl.cryptensor(X)
+            keep = torch.tensor([True, False, True])
+            outs = [x + 3e15, torch.where(keep, x, 1e16), x.masked_fill(~keep, float("-inf"))]
+            return [o.get_plain_text() for o in outs]
+
+    for outs in run_parties(body, world_size):
+        big = 2.0**24
+        torch.testing.assert_close(outs[0], torch.full((3,), big))
+        torch.testing.assert_close(outs[1], torch.tensor([1.0, big, 3.0]))
+        torch.testing.assert_close(outs[2], torch.tensor([1.0, -big, 3.0]))
 
 
 def test_public_operands_out_of_range_raise_on_every_party_naming_the_op(
@@ -49,7 +72,7 @@ def test_public_operands_out_of_range_raise_on_every_party_naming_the_op(
         torch.testing.assert_close(after, X * 2)
         for (op, _), msg in zip(CASES, msgs, strict=True):
             assert msg.startswith(f"party {rank}: {op}"), msg
-            assert "out of the fixed-point range" in msg, msg
+            assert "out of the fixed-point range" in msg or "cannot encode NaN" in msg, msg
 
 
 def test_cryptensor_and_encrypt_module_inputs_out_of_range(
