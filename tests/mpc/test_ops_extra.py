@@ -7,6 +7,7 @@ Each test runs one batch of calls per party set-up (threads), to stay fast.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -212,10 +213,13 @@ def test_unsupported_norm_order_raises_on_every_party(run_parties):
 
 def test_clip_grad_norm_keeps_the_coefficient_secret(run_parties, world_size):
     x = rand(5, 4)
+    # Built once, outside the party threads: torch's global generator is shared by the
+    # threads, so seeding it inside each party would race.
+    torch.manual_seed(3)
+    template = torch.nn.Linear(4, 2)
 
     def model() -> torch.nn.Module:
-        torch.manual_seed(3)
-        return torch.nn.Linear(4, 2)
+        return copy.deepcopy(template)
 
     def body(party: Any) -> Any:
         with cl.use_party(party):
