@@ -34,12 +34,17 @@ TOL = 1e-2  # the issue's bound; measured 3e-4 .. 2e-3
 
 def _model(kind: str, attn: str) -> torch.nn.Module:
     torch.manual_seed(0)
+    # transformers' default initializer_range 0.02 for BERT and GPT-2 (their LayerNorm is
+    # aten.native_layer_norm: full range). LLaMA's LlamaRMSNorm computes mean(x**2) by hand:
+    # at rms 0.02 each x**2 is about 26 ulps at f = 16, so the statistic itself carries ~4 %
+    # (measured output error 3.7e-2); 0.2 keeps it within the bound (a known limit: README).
+    init = 0.2 if kind == "llama" else 0.02
     common: dict[str, Any] = dict(
         hidden_size=64,
         num_attention_heads=4,
         vocab_size=100,
         intermediate_size=128,
-        initializer_range=0.2,
+        initializer_range=init,
         max_position_embeddings=64,
     )
     if kind == "bert":
@@ -48,7 +53,7 @@ def _model(kind: str, attn: str) -> torch.nn.Module:
     elif kind == "gpt2":
         cfg = tf.GPT2Config(
             n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
-            initializer_range=0.2, bos_token_id=0, eos_token_id=0,
+            initializer_range=init, bos_token_id=0, eos_token_id=0,
         )  # fmt: skip
         cls = tf.GPT2Model
     else:
