@@ -41,7 +41,6 @@ from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
 from crypten_lite.protocols.fused import Operand, Pending, lazy
-from crypten_lite.protocols.truncation import resolve_method
 from crypten_lite.protocols.polynomial import (
     evaluate_lazy,
     fit,
@@ -50,6 +49,7 @@ from crypten_lite.protocols.polynomial import (
     square_many_lazy,
     truncate_many,
 )
+from crypten_lite.protocols.truncation import resolve_method
 
 __all__ = ["Standardized", "standardize", "standardize_domain"]
 
