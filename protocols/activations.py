@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import clamp, public_threshold, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
-from crypten_lite.protocols.fused import Operand, Pending, lazy, settle, settle_many
+from crypten_lite.protocols.fused import (
+    Operand,
+    Pending,
+    lazy,
+    settle,
+    settle_many,
+    settled_value,
+)
 from crypten_lite.protocols.polynomial import (
     Normalized,
     evaluate,
@@ -257,29 +264,14 @@ def _sum_buckets(s: Tensor, party: Party, n: int) -> Normalized:
     return normalize(s, party, bounds=[1 << (f + i) for i in range(k)], top=None)
 
 
-def _combine(terms: list[tuple[Tensor, float]], const: float, party: Party, scale: int) -> Tensor:
-    """``const + sum c * term`` (terms at ``scale``), at ``scale``: exact sum, one truncation."""
-    cb = _COEFF_BITS
-    acc = torch.zeros_like(terms[0][0])
-    for term, c in terms:
-        acc += term * round(c * (1 << cb))
-    if party.rank == 0:
-        acc += round(const * (1 << (scale + cb)))
-    return rescale(acc, party, scale + cb, scale)
-
-
 _COEFF_BITS = 16
-
-
-def _settled(v: Operand, settled: dict[int, Tensor]) -> Tensor:
-    """``v`` as truncated by the round it rode in (plain values are themselves)."""
-    return settled[id(v)] if isinstance(v, Pending) else v
 
 
 def _combine_lazy(
     terms: list[tuple[Tensor, float]], const: float, party: Party, scale: int
 ) -> Operand:
-    """:func:`_combine` with its truncation left pending for the next product."""
+    """``const + sum c * term`` (terms at ``scale``) at ``scale``: an exact integer sum at
+    ``scale + cb`` whose one truncation by ``cb`` is left pending for the next product."""
     cb = _COEFF_BITS
     acc = torch.zeros_like(terms[0][0])
     for term, c in terms:
@@ -290,7 +282,9 @@ def _combine_lazy(
 
 
 def _normalised_quotient(e: Tensor, s: Tensor, party: Party, n: int, dim: int) -> Tensor:
-    """``[e / s]`` for the row sums ``s`` in ``[1, n]`` (broadcast along ``dim``), 7 rounds.
+    """``[e / s]`` for the row sums ``s`` in ``[1, n]`` (broadcast along ``dim``): 7 rounds with
+    local truncation; with the exact default the truncations ride in the next products
+    (:mod:`~crypten_lite.protocols.fused`) and two settles add 2 rounds.
 
     1. ``s = m * 2**k``, ``m`` in ``[1, 2)`` (:func:`_sum_buckets`, 4 rounds); ``F = 2**-k``
        from the one-hot at scale ``S = f + 4`` (exact public weights).
@@ -324,11 +318,11 @@ def _normalised_quotient(e: Tensor, s: Tensor, party: Party, n: int, dim: int) -
     t2_p, ef_p = mul_many_lazy(
         [(t_p, t_p), (e_s, factor)], party, scale, tag="softmax.recip", settled=st
     )
-    t = _settled(t_p, st)
+    t = settled_value(t_p, st)
     t3_p, t4_p, eft_p = mul_many_lazy(
         [(t, t2_p), (t2_p, t2_p), (ef_p, t)], party, scale, tag="softmax.recip", settled=st
     )
-    t2, ef = _settled(t2_p, st), _settled(ef_p, st)
+    t2, ef = settled_value(t2_p, st), settled_value(ef_p, st)
     t3, t4 = settle_many([t3_p, t4_p], party, tag="softmax.recip")
     q = _combine_lazy([(t, c[2]), (t2, c[3]), (t3, c[4]), (t4, c[5])], c[1], party, scale)
     cb = _COEFF_BITS

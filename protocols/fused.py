@@ -49,7 +49,7 @@ from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.truncation import resolve_method, truncate_local
 from crypten_lite.ring import logical_rshift
 
-__all__ = ["Operand", "Pending", "lazy", "mul_fused", "settle", "settle_many"]
+__all__ = ["Operand", "Pending", "lazy", "mul_fused", "settle", "settle_many", "settled_value"]
 
 Tensor = torch.Tensor
 _SHIFT = 62  # z + 2**62 is in [0, 2**63) for |z| < 2**62
@@ -96,6 +96,12 @@ class Pending:
 
 
 Operand = Tensor | Pending
+
+
+def settled_value(v: Operand, settled: dict[int, Tensor]) -> Tensor:
+    """``v`` as truncated by the fused round it rode in (``settled``, filled by
+    :func:`mul_fused`); a plain sharing is itself."""
+    return settled[id(v)] if isinstance(v, Pending) else v
 
 
 def lazy(z: Tensor, party: Party, bits: int) -> Operand:

@@ -40,7 +40,7 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
-from crypten_lite.protocols.fused import Operand, Pending, lazy
+from crypten_lite.protocols.fused import Operand, Pending, lazy, settled_value
 from crypten_lite.protocols.polynomial import (
     evaluate_lazy,
     fit,
@@ -149,11 +149,6 @@ def _pending(v: Operand) -> list[Pending]:
     return [v] if isinstance(v, Pending) else []
 
 
-def _got(v: Operand, settled: dict[int, Tensor]) -> Tensor:
-    """``v`` settled by the round it rode in (plain values are themselves)."""
-    return settled[id(v)] if isinstance(v, Pending) else v
-
-
 def _factor_pairs(
     v: Operand, onehot: Tensor, factors: Sequence[float], scale_v: int, f: int
 ) -> tuple[list[tuple[Operand, Operand]], list[int]]:
@@ -248,7 +243,7 @@ def standardize(
         [y_c_p], party, 0, tag="standardize.coarse", settled=st, extra=_pending(s_low_p)
     )
     assert isinstance(sq_c, Tensor)  # bits 0
-    y_c, s_low = _got(y_c_p, st), _got(s_low_p, st)
+    y_c, s_low = settled_value(y_c_p, st), settled_value(s_low_p, st)
     s_c = sq_c.sum(dims, keepdim=True)
     scale_c = float(n) ** 3 * 4.0 ** (f - plan.t_c)
     if party.rank == 0:
@@ -285,7 +280,7 @@ def standardize(
         [y_p], party, b_sq, tag="standardize.fine", settled=st, extra=_pending(mean_p)
     )
     assert isinstance(sq, Tensor)  # local truncation, or bits 0: nothing pending
-    y, mean = _got(y_p, st), _got(mean_p, st)
+    y, mean = settled_value(y_p, st), settled_value(mean_p, st)
     s_fine = sq.sum(dims, keepdim=True)
     # eps at the fine scale, and a floor of 2**P in the bottom bucket (saturation)
     cap = 1 << (plan.p - b_sq + 3)
