@@ -271,12 +271,15 @@ def test_isnan_is_public_and_anomaly_mode_works(run_parties, world_size):
         with cl.use_party(party):
             xe = cl.cryptensor(x)
             checks = [f(xe).public_value() for f in (torch.isnan, torch.isinf, torch.isfinite)]
-            with torch.autograd.set_detect_anomaly(True):
-                w = cl.cryptensor(x, requires_grad=True)
-                (w * w).max().backward()
+            w = cl.cryptensor(x, requires_grad=True)
+            (w * w).max().backward()
             return checks, w.grad.get_plain_text()
 
-    checks, grad = run_parties(body, world_size)[0]
+    # Anomaly mode is process-wide, not per thread: switched on around all the parties (inside
+    # each party thread the exits would race and could leave it on for later tests).
+    with torch.autograd.set_detect_anomaly(True):
+        checks, grad = run_parties(body, world_size)[0]
+    assert not torch.is_anomaly_enabled()
     assert [bool(c.any()) for c in checks] == [False, False, True]
     want = x.clone().requires_grad_()
     (want * want).max().backward()
