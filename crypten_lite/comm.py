@@ -32,7 +32,12 @@ from crypten_lite.wire import (
     tensor_payload,
 )
 
+# The tag of the notice a party sends when its input to a sharing failed and its peers
+# expected no message (protocols.sharing.abort_share): a receive that meets it stops cleanly.
+FAILURE_NOTICE = "share.failed"
+
 __all__ = [
+    "FAILURE_NOTICE",
     "CommStats",
     "Communicator",
     "InProcessCommunicator",
@@ -237,6 +242,12 @@ class Communicator(ABC):
                 f"{self.timeout_s:g} s"
             )
         header, tensor = got
+        if header.sender == src and header.tag == FAILURE_NOTICE and tag != FAILURE_NOTICE:
+            # protocols.sharing.abort_share: src's input failed where no message was due
+            raise PartyFailedError(
+                f"{self.me}: {self._name(src)} could not share its input (cryptensor/share "
+                f"raised there; its own error says why), so '{tag}' #{expected} never comes"
+            )
         if header.sender != src or header.seq != expected or header.tag != tag:
             raise ProtocolError(
                 f"{self.me}: parties desynchronised: expected '{tag}' #{expected} from "

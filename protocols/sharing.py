@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from crypten_lite.comm import FAILURE_NOTICE
 from crypten_lite.encoding import decode, encode
 from crypten_lite.errors import EncodingError
 from crypten_lite.party import Party
@@ -117,8 +118,8 @@ def abort_share(src: int, party: Party, *, shape_known: bool) -> None:
 
     When the others wait for the shape (``share.shape``), the announced shape ``[-1]`` makes
     them raise at once. When they know the shape, they wait for nothing, so ``src`` leaves a
-    ``share.failed`` notice instead: their next receive from ``src`` meets it and raises a
-    desynchronisation error naming it, rather than waiting for the timeout.
+    ``share.failed`` notice instead: their next receive from ``src`` meets it and raises
+    :class:`~crypten_lite.errors.PartyFailedError`, rather than waiting for the timeout.
 
     Cost: 1 round, 8 bytes to each peer.
     """
@@ -128,7 +129,7 @@ def abort_share(src: int, party: Party, *, shape_known: bool) -> None:
         return
     for peer in range(party.world_size):
         if peer != party.rank:
-            party.comm.send(peer, failed, "share.failed")
+            party.comm.send(peer, failed, FAILURE_NOTICE)
 
 
 def share_public(value: torch.Tensor, party: Party) -> torch.Tensor:

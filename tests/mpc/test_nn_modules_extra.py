@@ -140,7 +140,9 @@ def test_activations_forward_backward(run_parties, world_size, name):
 
 
 def test_softplus_and_elu_stay_accurate_far_out(run_parties):
-    """No exp of an unbounded argument: |x| up to 2000 keeps the error at a few ulps."""
+    """No exp of an unbounded argument: |x| up to 2000 keeps softplus and ELU within a few
+    ulps; mish is ``x * tanh(softplus(x))`` with ``tanh(...)`` within an ulp of 1 for large
+    ``x``, so its error also has a relative part of up to ``2 * 2**-16`` (300 ulps at x = 300)."""
     x = torch.tensor([-2000.0, -300.0, -40.0, -16.5, 16.5, 40.0, 300.0, 2000.0])
 
     def body(party):
@@ -151,7 +153,7 @@ def test_softplus_and_elu_stay_accurate_far_out(run_parties):
     soft, elu, mish = run_parties(body, 2)[0]
     torch.testing.assert_close(soft, F.softplus(x), atol=8 * ULP, rtol=0)
     torch.testing.assert_close(elu, F.elu(x), atol=8 * ULP, rtol=0)
-    torch.testing.assert_close(mish, F.mish(x), atol=8 * ULP, rtol=0)
+    torch.testing.assert_close(mish, F.mish(x), atol=8 * ULP, rtol=2 * ULP)
 
 
 def test_inplace_activations_and_elu_backward_from_result(run_parties, world_size):

@@ -15,7 +15,11 @@ import pytest
 import torch
 
 import crypten_lite as cl
-from crypten_lite.errors import EncodingError, ProtocolError, UnsupportedOperationError
+from crypten_lite.errors import (
+    EncodingError,
+    PartyFailedError,
+    UnsupportedOperationError,
+)
 
 ULP = 2.0**-16
 GEN = torch.Generator().manual_seed(11)
@@ -118,13 +122,15 @@ def test_invalid_input_with_a_known_shape_fails_the_others_at_their_next_receive
             return f"source: {exc}"
         try:
             cl.cryptensor(torch.ones(2), shape=(2,)).get_plain_text()
-        except ProtocolError as exc:
+        except PartyFailedError as exc:
             return f"peer: {exc}"
         return "no error"
 
     messages = on_parties(run_parties, world_size, fn)
     assert messages[0].startswith("source: ") and "shape (2,) given" in messages[0]
-    assert all(m.startswith("peer: ") and "share.failed" in m for m in messages[1:])
+    assert all(
+        m.startswith("peer: ") and "party 0 could not share its input" in m for m in messages[1:]
+    ), messages
 
 
 # --------------------------------------------------------------- softmax of a 0-dim tensor
