@@ -13,6 +13,7 @@ Environment variables (all optional):
 ``CRYPTEN_LITE_DEALER``         ``ttp`` (dealer process) or ``tfp`` (party 0, tests only)
 ``CRYPTEN_LITE_TRUNCATION``     ``auto`` (= ``dealer``, exact), ``dealer`` or ``local`` (2 parties, opt-in)
 ``CRYPTEN_LITE_MAX_MESSAGE_BYTES``  largest frame a party accepts (default 4 GiB)
+``CRYPTEN_LITE_PROTOCOL``       ``beaver`` (additive shares, dealer; default) or ``replicated`` (3 parties)
 ==============================  =========================================================
 """
 
@@ -32,6 +33,7 @@ ENV_PREFIX = "CRYPTEN_LITE_"
 _TRANSPORTS = ("inproc", "ipc", "tcp")
 _DEALERS = ("ttp", "tfp")
 _TRUNCATIONS = ("auto", "local", "dealer")
+_PROTOCOLS = ("beaver", "replicated")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Config:
             explicit speed opt-in) or ``auto`` (``dealer`` for every N; see
             :mod:`crypten_lite.protocols.truncation` for the failure accounting at model scale).
         max_message_bytes: frames announcing more payload than this are refused.
+        protocol: the protocol family: ``beaver`` (additive shares, products from dealer
+            triples; any N) or ``replicated`` (2-out-of-3 replicated shares, honest majority,
+            exactly 3 parties and no dealer process).
     """
 
     frac_bits: int = 16
@@ -59,6 +64,7 @@ class Config:
     dealer: str = "ttp"
     truncation: str = "auto"
     max_message_bytes: int = 1 << 32
+    protocol: str = "beaver"
 
     def __post_init__(self) -> None:
         if not 0 <= self.frac_bits <= 30:
@@ -78,6 +84,10 @@ class Config:
         if self.truncation not in _TRUNCATIONS:
             raise ConfigurationError(
                 f"truncation must be one of {_TRUNCATIONS}, got {self.truncation!r}"
+            )
+        if self.protocol not in _PROTOCOLS:
+            raise ConfigurationError(
+                f"protocol must be one of {_PROTOCOLS}, got {self.protocol!r}"
             )
         if self.max_message_bytes < 1024:
             raise ConfigurationError(

@@ -3,7 +3,7 @@
 :meth:`Party.setup` runs the start-up protocol every party executes once:
 
 1. Agree on the session parameters: every party all-gathers a fingerprint (protocol version,
-   world size, fixed-point precision, dealer kind, truncation mode); any difference is a
+   world size, fixed-point precision, dealer kind, truncation mode, protocol family); any difference is a
    :class:`~crypten_lite.errors.ProtocolError` naming the party and the field.
 2. Agree on pairwise seeds: every party all-gathers an ephemeral X25519 public key, and each
    pair derives a seed from their Diffie-Hellman secret (HKDF, bound to both public keys). The
@@ -40,7 +40,15 @@ __all__ = ["PROTOCOL_VERSION", "Party", "dealer_setup", "keep_freed_memory", "ru
 PROTOCOL_VERSION = 1
 _DEALER_CODES = {"ttp": 1, "tfp": 2}
 _TRUNC_CODES = {"auto": 1, "local": 2, "dealer": 3}
-_FINGERPRINT_FIELDS = ("protocol version", "world size", "frac_bits", "dealer", "truncation")
+_PROTOCOL_CODES = {"beaver": 1, "replicated": 2}
+_FINGERPRINT_FIELDS = (
+    "protocol version",
+    "world size",
+    "frac_bits",
+    "dealer",
+    "truncation",
+    "protocol family",
+)
 
 T = TypeVar("T")
 
@@ -156,6 +164,7 @@ class Party:
                 config.frac_bits,
                 _DEALER_CODES[config.dealer],
                 _TRUNC_CODES[config.truncation],
+                _PROTOCOL_CODES[config.protocol],
             ],
             dtype=torch.int64,
         )
