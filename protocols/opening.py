@@ -7,14 +7,14 @@ the result ``*_pub``. Grepping for ``open_shares`` is the leakage audit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from crypten_lite.errors import ProtocolError
 from crypten_lite.party import Party
 
-__all__ = ["open_among", "open_shares", "open_xor_shares"]
+__all__ = ["open_among", "open_shares", "open_xor_shares", "pass_shares"]
 
 
 def _pack(shares: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -114,6 +114,34 @@ def _open_replicated(
     missing += flat
     missing += _pack(companions)
     return _unpack(missing, shares)
+
+
+def pass_shares(
+    sends: Mapping[int, torch.Tensor], recv_from: Sequence[int], party: Party, *, tag: str
+) -> dict[int, torch.Tensor]:
+    """Hand shares to other parties without opening anything (the replicated family's moves).
+
+    One round: ``sends[peer]`` goes to each peer, then one tensor arrives from each of
+    ``recv_from``. It lives here, next to the openings, so that every share that leaves a
+    party is audited in this module. Callers guarantee that what they send reveals nothing:
+    a share re-randomised with a fresh zero sharing the receiver cannot predict
+    (:func:`crypten_lite.protocols.replicated.reshare`), or a share the receiver is meant to
+    hold in a sharing where it still misses another (input sharing).
+
+    Cost: 1 round; the bytes of ``sends``.
+    """
+    for tensor in sends.values():
+        if tensor.dtype != torch.int64:
+            raise TypeError(
+                f"party {party.rank}: shares are int64 ring tensors, got {tensor.dtype}"
+            )
+    received = party.comm.route(sends, recv_from, tag)
+    for peer, tensor in received.items():
+        if tensor.dtype != torch.int64:
+            raise ProtocolError(
+                f"party {party.rank}: '{tag}' expected int64 shares, party {peer} sent {tensor.dtype}"
+            )
+    return received
 
 
 def open_among(

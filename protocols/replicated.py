@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from crypten_lite.party import Party
-from crypten_lite.protocols.opening import open_among
+from crypten_lite.protocols.opening import open_among, pass_shares
 from crypten_lite.ring import BILINEAR_OPS, logical_rshift
 
 __all__ = ["product", "reshare", "share_input", "truncate", "with_companions"]
@@ -69,7 +69,7 @@ def _rotate(party: Party, values: Sequence[Tensor], tag: str) -> list[Tensor]:
     After it, party ``i`` holds the values of party ``i + 1``: its companions.
     """
     flat = _pack(values)
-    received = party.comm.route({_prev(party): flat}, [_next(party)], tag)[_next(party)]
+    received = pass_shares({_prev(party): flat}, [_next(party)], party, tag=tag)[_next(party)]
     if received.dtype != torch.int64 or received.shape != flat.shape:
         raise ValueError(
             f"party {party.rank}: '{tag}' expected {flat.numel()} int64 shares from party "
@@ -159,13 +159,13 @@ def share_input(encoded: Tensor | None, src: int, shape: Sequence[int], party: P
         own = party.pair_prg(second).random_int64(shape)
         companion = party.pair_prg(first).random_int64(shape)
         last = encoded - own - companion
-        party.comm.route({first: last, second: last}, [], tag)
+        pass_shares({first: last, second: last}, [], party, tag=tag)
     elif me == first:
         own = party.pair_prg(src).random_int64(shape)
-        companion = party.comm.route({}, [src], tag)[src]
+        companion = pass_shares({}, [src], party, tag=tag)[src]
     else:
         companion = party.pair_prg(src).random_int64(shape)
-        own = party.comm.route({}, [src], tag)[src]
+        own = pass_shares({}, [src], party, tag=tag)[src]
     if own.shape != companion.shape:
         raise ValueError(
             f"party {me}: party {src} sent a share of shape {tuple(own.shape)}, expected {shape}"
