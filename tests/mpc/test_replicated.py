@@ -329,3 +329,22 @@ def test_threads_helper_refuses_without_three_parties() -> None:
     config = Config(transport="inproc", dealer="tfp", timeout_s=5.0, protocol="replicated")
     with pytest.raises(ConfigurationError):
         run_threads(lambda p: None, 4, config=config)
+
+
+def test_share_wise_moves_companions_only_where_layouts_allow(run_parties: Run) -> None:
+    from crypten_lite.ops._common import share_wise
+    from crypten_lite.tensor import MPCTensor
+
+    aten = torch.ops.aten
+
+    def fn(party: Party) -> tuple[bool, bool, bool]:
+        share = torch.arange(12, dtype=torch.int64).view(3, 4)
+        shifted = torch.arange(20, dtype=torch.int64)[8:].view(3, 4)  # storage offset 8
+        party.set_companion(share, shifted)
+        x = MPCTensor(share, party)
+        moved = share_wise(aten.t.default, x)
+        strided = share_wise(aten.as_strided.default, x, [2, 2], [4, 1], 1)
+        ok = torch.equal(party.companion(moved._share), shifted.t())  # type: ignore[arg-type]
+        return ok, party.companion(strided._share) is None, party.companion(share) is not None
+
+    assert run_parties(fn, 3, **REP) == [(True, True, True)] * 3

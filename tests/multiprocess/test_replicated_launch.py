@@ -68,3 +68,17 @@ def test_refusals(cli: CliRunner, tmp_path: Path, args: list[str], expected: str
     result = cli("launch", *args, "--protocol", "replicated", *script, env=env, timeout=30)
     assert result.returncode == 2, result.stderr + result.stdout
     assert expected in result.stderr
+
+
+def never_runs() -> None:
+    raise AssertionError("the launch should have been refused before any process started")
+
+
+def test_python_api_refuses_a_dealer_or_two_parties() -> None:
+    import crypten_lite as cl
+    from crypten_lite.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="no dealer process"):
+        cl.launch(never_runs, 3, protocol="replicated", dealer=True)
+    with pytest.raises(ConfigurationError, match="exactly 3 parties"):
+        cl.launch(never_runs, 2, protocol="replicated")
