@@ -24,12 +24,12 @@ protocol framework for machine learning", CCS'18.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from crypten_lite.errors import ProtocolError
 from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_among, pass_shares
 from crypten_lite.ring import BILINEAR_OPS, logical_rshift
@@ -48,34 +48,20 @@ def _prev(party: Party) -> int:
     return (party.rank + 2) % 3
 
 
-def _pack(tensors: Sequence[Tensor]) -> Tensor:
-    if len(tensors) == 1:
-        return tensors[0].reshape(-1)
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _unpack(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    out, offset = [], 0
-    for t in like:
-        n = math.prod(t.shape)
-        out.append(flat[offset : offset + n].view(t.shape))
-        offset += n
-    return out
-
-
 def _rotate(party: Party, values: Sequence[Tensor], tag: str) -> list[Tensor]:
     """Send ``values`` to the previous party; return what the next party sent (same shapes).
 
     After it, party ``i`` holds the values of party ``i + 1``: its companions.
     """
-    flat = _pack(values)
+    flat = torch.cat([v.reshape(-1) for v in values]) if len(values) > 1 else values[0].reshape(-1)
     received = pass_shares({_prev(party): flat}, [_next(party)], party, tag=tag)[_next(party)]
     if received.dtype != torch.int64 or received.shape != flat.shape:
-        raise ValueError(
+        raise ProtocolError(
             f"party {party.rank}: '{tag}' expected {flat.numel()} int64 shares from party "
             f"{_next(party)}, got {received.dtype} {tuple(received.shape)}"
         )
-    return _unpack(received, values)
+    parts = received.split([v.numel() for v in values])
+    return [p.view(v.shape) for p, v in zip(parts, values, strict=True)]
 
 
 def reshare(z: Tensor, party: Party, *, tag: str = "rep.reshare") -> Tensor:
@@ -167,7 +153,7 @@ def share_input(encoded: Tensor | None, src: int, shape: Sequence[int], party: P
         companion = party.pair_prg(src).random_int64(shape)
         own = pass_shares({}, [src], party, tag=tag)[src]
     if own.shape != companion.shape:
-        raise ValueError(
+        raise ProtocolError(
             f"party {me}: party {src} sent a share of shape {tuple(own.shape)}, expected {shape}"
         )
     party.set_companion(own, companion)
@@ -336,7 +322,7 @@ def truncate(z: Tensor, party: Party, bits: int, *, tag: str = "rep.trunc") -> T
         else:
             m1_recv = extras.get(2)
             if m1_recv is None or m1_recv.numel() != weight.numel():
-                raise ValueError(
+                raise ProtocolError(
                     f"party {party.rank}: '{tag}' expected the truncation share m_1 from party 2"
                 )
             out = weight.mul_(m1_recv.view(shape))
