@@ -165,7 +165,7 @@ SIG, KER1 = gen((2, 3, 11), 10, 100.0), gen((4, 3, 3), 11, 0.5)
 
 def _cases() -> list[tuple[str, Callable[[Party], Any], Callable[[], Any]]]:
     def bil(op: str, a: torch.Tensor, b: torch.Tensor, **params: Any) -> Callable[[Party], Any]:
-        return lambda p: A.bilinear(op, sh(a, 0, p), sh(b, 1, p), p, params or None)
+        return lambda p: A.product(op, sh(a, 0, p), sh(b, 1, p), p, params or None, shift=16)
 
     return [
         ("mul", bil("mul", X, Y), lambda: (X * Y, product_bound(torch.mul, X, Y))),
@@ -248,12 +248,12 @@ def test_fixed_operand_reuses_its_companion(run_parties: Run) -> None:
     batches = [gen((b, 6), 16 + b) for b in (1, 4)]
 
     def fn(party: Party) -> list[Any]:
-        wf = prepare_fixed(A.add(sh(w, 2, party), sh(w, 2, party)), party)  # no companion yet
+        wf = prepare_fixed(sh(w, 2, party) + sh(w, 2, party), party)  # no companion yet
         out = []
         for x in batches:
             xs = sh(x, 0, party)
             party.comm.stats.reset()
-            z = A.matmul(xs, wf, party)
+            z = A.product("matmul", xs, wf, party, shift=16)
             out.append((party.comm.stats.total.rounds, rv(z, party)))
         return out
 
