@@ -60,8 +60,11 @@ def _rotate(party: Party, values: Sequence[Tensor], tag: str) -> list[Tensor]:
             f"party {party.rank}: '{tag}' expected {flat.numel()} int64 shares from party "
             f"{_next(party)}, got {received.dtype} {tuple(received.shape)}"
         )
-    parts = received.split([v.numel() for v in values])
-    return [p.view(v.shape) for p, v in zip(parts, values, strict=True)]
+    out, offset = [], 0
+    for v in values:
+        out.append(received[offset : offset + v.numel()].view(v.shape))
+        offset += v.numel()
+    return out
 
 
 def reshare(z: Tensor, party: Party, *, tag: str = "rep.reshare") -> Tensor:
