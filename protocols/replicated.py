@@ -34,7 +34,7 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_among, pass_shares
 from crypten_lite.ring import BILINEAR_OPS, logical_rshift
 
-__all__ = ["product", "reshare", "share_input", "truncate", "with_companions"]
+__all__ = ["pair_form", "product", "reshare", "share_input", "truncate", "with_companions"]
 
 Tensor = torch.Tensor
 _SHIFT = 62  # truncation: z + 2**62 is in [0, 2**63) for |z| < 2**62 (as truncate_dealer)
@@ -122,6 +122,28 @@ def with_companions(
             party.set_companion(f, c)
             result[id(s)] = (f, c)
     return [result[id(s)] for s in shares]
+
+
+def pair_form(share: Tensor, party: Party) -> Tensor | None:
+    """A 2-out-of-2 sharing of the value between parties 0 and 1, free when companions exist.
+
+    For the non-linear bridge (parties 0 and 1 compute, party 2 deals): party 0 keeps ``x_0``,
+    party 1 takes ``x_1 + x_2`` (``x_2`` is its companion), party 2 holds 0. ``None`` on every
+    party when the companion is missing (the same protocol steps record it on every party), so
+    the caller falls back to its one-message conversion.
+
+    Cost: 0 rounds. Security: no message; afterwards party 0 still misses ``x_2`` and party 1
+    ``x_0``, and party 2 (which knows ``x_2`` and ``x_0``) must not see the two parties'
+    openings, as in the bridge, where it only deals.
+    """
+    companion = party.companion(share)
+    if companion is None:
+        return None
+    if party.rank == 0:
+        return share.clone()
+    if party.rank == 1:
+        return share + companion
+    return torch.zeros_like(share)
 
 
 def share_input(encoded: Tensor | None, src: int, shape: Sequence[int], party: Party) -> Tensor:

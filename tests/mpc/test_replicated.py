@@ -348,3 +348,20 @@ def test_share_wise_moves_companions_only_where_layouts_allow(run_parties: Run) 
         return ok, party.companion(strided._share) is None, party.companion(share) is not None
 
     assert run_parties(fn, 3, **REP) == [(True, True, True)] * 3
+
+
+def test_pair_form_is_free_with_companions(run_parties: Run) -> None:
+    x = gen((3, 5), 22, 100.0)
+
+    def fn(party: Party) -> tuple[Any, ...]:
+        s = sh(x, 1, party)
+        party.comm.stats.reset()
+        pair = replicated.pair_form(s, party)
+        assert pair is not None and party.comm.stats.total.messages_sent == 0
+        assert replicated.pair_form(s + 0, party) is None  # no companion: the caller converts
+        return pair, rv(pair, party)
+
+    res = run_parties(fn, 3, **REP)
+    assert bool((res[2][0] == 0).all())
+    for _, opened in res:
+        check(opened, x, 0.5, "pair form")
