@@ -93,7 +93,44 @@ def share_wise(func: Callable[..., Any], x: MPCTensor, *args: Any, **kwargs: Any
     out_public = func(public, *args, **kwargs) if public is not None and not strided else None
     same = out_share.untyped_storage().data_ptr() == x._share.untyped_storage().data_ptr()
     alias = x._alias if same else None
+    if party.replicated:
+        _move_companion(func, x._share, out_share, party, strided, *args, **kwargs)
     return MPCTensor(out_share, party, dtype=x.dtype, alias=alias, public=out_public)
+
+
+def _move_companion(
+    func: Callable[..., Any],
+    share: torch.Tensor,
+    out_share: torch.Tensor,
+    party: Party,
+    strided: bool,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Replicated family: the companion of ``func(share)`` is ``func(companion)``.
+
+    A data-movement op commutes with the sum of the three shares, so applying it to both
+    shares a party holds applies it to the replicated sharing. ``as_strided`` reads memory
+    layout, so it moves a companion only when both buffers have the same layout. Any doubt
+    leaves the result without a companion: a later product fetches it (one round) instead of
+    using a wrong one. The layouts of share and companion come from the same protocol steps on
+    every party, so every party decides alike.
+    """
+    companion = party.companion(share)
+    if companion is None:
+        return
+    if strided and (
+        companion.stride() != share.stride()
+        or companion.storage_offset() != share.storage_offset()
+        or companion.untyped_storage().nbytes() != share.untyped_storage().nbytes()
+    ):
+        return
+    try:
+        moved = func(companion, *args, **kwargs)
+    except RuntimeError:
+        return
+    if isinstance(moved, torch.Tensor) and moved.shape == out_share.shape:
+        party.set_companion(out_share, moved)
 
 
 def map_public(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
