@@ -107,6 +107,8 @@ def square(x: Tensor, party: Party, *, shift: int) -> Tensor:
     Reference: Beaver, CRYPTO'91 (the square-pair special case).
     """
     check_share(x, party, "square operand")
+    if party.replicated:  # a replicated product opens nothing: no square pair to save bytes on
+        return product("mul", x, x, party, shift=shift)
     method = resolve_method(party) if shift else "none"
     requests = [_square_request(tuple(x.shape))]
     if method == "dealer":

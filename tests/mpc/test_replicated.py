@@ -365,3 +365,15 @@ def test_pair_form_is_free_with_companions(run_parties: Run) -> None:
     assert bool((res[2][0] == 0).all())
     for _, opened in res:
         check(opened, x, 0.5, "pair form")
+
+
+def test_square_is_a_replicated_product(run_parties: Run) -> None:
+    """``x * x`` of one tensor (``arithmetic.square``) takes the replicated product: no square
+    pair exists without a dealer."""
+    x0 = gen((5, 7), 31, 40.0)
+
+    def fn(party: Party) -> torch.Tensor:
+        return rv(A.square(sh(x0, 1, party), party, shift=party.frac_bits), party)
+
+    got = run_parties(fn, 3, protocol="replicated")[0]
+    check(got, x0 * x0, x0.abs() + 1, "square")
