@@ -63,7 +63,7 @@ class _Wrapper(Dealer):
         self.rank = inner.rank
         self.world_size = inner.world_size
 
-    @property  # type: ignore[override]
+    @property
     def _next_handle(self) -> int:
         return self.inner._next_handle
 
