@@ -138,7 +138,7 @@ class TrustedThirdParty(Dealer):
         self._own = own
         self._comm = comm
         self._closed = False
-        self._prefetch = prefetch
+        self.prefetch = prefetch
         self._releases: list[int] = []
         self._inflight: deque[DealerBatch] = deque()
         # Party 0's bookkeeping (module docstring, "Prefetch").
@@ -240,7 +240,7 @@ class TrustedThirdParty(Dealer):
 
     def _predict(self) -> None:
         """Send predicted batches until the window is full or the history runs out."""
-        if not self._prefetch:
+        if not self.prefetch:
             return
         while (
             self._cursor is not None
