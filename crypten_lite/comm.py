@@ -259,23 +259,15 @@ class Communicator(ABC):
         return tensor
 
     # ----------------------------------------------------------------- point to point
-    def send(self, dst: int, tensor: torch.Tensor, tag: str, *, count_round: bool = True) -> None:
-        """Send one tensor to ``dst`` (a party or the dealer). One round.
-
-        ``count_round=False``: the caller does not wait on this message (a dealer request sent
-        ahead of need); its bytes are counted, no round is.
-        """
+    def send(self, dst: int, tensor: torch.Tensor, tag: str) -> None:
+        """Send one tensor to ``dst`` (a party or the dealer). One round."""
         self._check_peer(dst, "send to")
         self._send_one(dst, tensor, tag)
-        if count_round:
-            self.stats._on_round(tag)
+        self.stats._on_round(tag)
         self._round_done()
 
-    def recv(self, src: int, tag: str, *, count_round: bool = True) -> torch.Tensor:
+    def recv(self, src: int, tag: str) -> torch.Tensor:
         """Receive the next tensor from ``src``; it must carry ``tag``. One round.
-
-        ``count_round=False``: the caller knows the message was asked for before a round that
-        hid its latency (a dealer reply to a request sent ahead); its bytes are counted.
 
         Raises:
             PartyTimeoutError: nothing arrived within the timeout.
@@ -283,8 +275,7 @@ class Communicator(ABC):
         """
         self._check_peer(src, "receive from")
         tensor = self._recv_one(src, tag)
-        if count_round:
-            self.stats._on_round(tag)
+        self.stats._on_round(tag)
         self._round_done()
         return tensor
 

@@ -106,6 +106,21 @@ def _derived_elements(requests: Sequence[DealerRequest]) -> int:
     return sum(math.prod(s) for r in requests for s, _ in _layout(r)[1])
 
 
+def _post(comm: Communicator, message: torch.Tensor) -> None:
+    """Send a message to the dealer without counting a round: nobody waits on it."""
+    comm._send_one(comm.dealer_rank, message, _REQUEST_TAG)
+    comm._round_done()
+
+
+def _collect(comm: Communicator, *, counted: bool) -> torch.Tensor:
+    """Receive the dealer's next reply; a round only if ``counted`` (module docstring)."""
+    reply = comm._recv_one(comm.dealer_rank, _REPLY_TAG)
+    if counted:
+        comm.stats._on_round(_REPLY_TAG)
+    comm._round_done()
+    return reply
+
+
 @dataclass
 class _Sent:
     """A batch message to the dealer whose reply party 0 has not read yet."""
@@ -194,19 +209,14 @@ class TrustedThirdParty(Dealer):
 
     # ------------------------------------------------------------------ party 0: messages
     def _post(self, obj: dict[str, Any]) -> None:
-        self._comm.send(self._comm.dealer_rank, _encode(obj), _REQUEST_TAG, count_round=False)
+        _post(self._comm, _encode(obj))
 
     def _send(
         self, seq: int, key: str, requests: Sequence[DealerRequest], *, spec: bool, rewind: bool
     ) -> _Sent:
         head = {"seq": seq, "spec": spec, "rewind": rewind, "confirmed": min(seq, self._seq)}
         raw = json.dumps(head, separators=(",", ":"))[:-1] + ',"requests":' + key + "}"
-        self._comm.send(
-            self._comm.dealer_rank,
-            torch.frombuffer(bytearray(raw.encode("utf-8")), dtype=torch.uint8),
-            _REQUEST_TAG,
-            count_round=False,
-        )
+        _post(self._comm, torch.frombuffer(bytearray(raw.encode("utf-8")), dtype=torch.uint8))
         sent = _Sent(
             seq, key, requests, self._epoch, self._comm.stats.total.rounds,
             _derived_elements(requests),
@@ -264,7 +274,7 @@ class TrustedThirdParty(Dealer):
         while True:
             head = self._sent.popleft()
             blocking = head is target and self._comm.stats.total.rounds == head.rounds_at_send
-            reply = self._comm.recv(self._comm.dealer_rank, _REPLY_TAG, count_round=blocking)
+            reply = _collect(self._comm, counted=blocking)
             if reply.dtype != torch.int64 or reply.dim() != 1 or reply.numel() < 2:
                 raise ProtocolError("party 0: malformed dealer reply")
             if int(reply[0]) != head.seq:
