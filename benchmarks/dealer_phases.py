@@ -5,7 +5,8 @@ Runs ``mlp_b1``, ``lenet_b1`` and a BERT encoder layer of the CrypTen peer's ``w
 (real processes through the launcher, IPC). For every mode it reports, per party, the rounds of
 one forward pass (every counted communicator call: dealer exchanges count only when they block,
 see ``crypten_lite.dealer.third_party``), party 0's dealer messages, and the online time (max
-over parties, median of ``--reps`` passes after one warm-up pass); ``plan`` also reports the
+over parties, median of ``--reps`` passes after one warm-up pass; and each party's CPU time,
+steadier on a shared machine); ``plan`` also reports the
 offline time of :meth:`crypten_lite.Plan.prepare` and its dealer bytes.
 
 Modes: ``noprefetch`` (the dealing of main: one request per batch, collected after the
@@ -98,10 +99,10 @@ def party_main(name: str, mode: str, reps: int) -> dict[str, Any]:
                 offline_bytes = dealer_bytes(party.comm.stats)
             party.comm.barrier("bench.barrier")
             party.comm.stats.reset()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             with plan.online() if plan is not None else contextlib.nullcontext():
                 y = enc(xe)
-            online_s = time.perf_counter() - t0
+            online_s, online_cpu_s = time.perf_counter() - t0, time.process_time() - c0
             st = party.comm.stats.snapshot()
             dealer_msgs = sum(
                 s.messages_sent for t, s in st.by_tag.items() if t.startswith("dealer.")
@@ -113,6 +114,7 @@ def party_main(name: str, mode: str, reps: int) -> dict[str, Any]:
                     dealer_bytes=dealer_bytes(st),
                     bytes=st.total.bytes_sent + st.total.bytes_received,
                     online_s=online_s,
+                    online_cpu_s=online_cpu_s,
                     offline_s=offline_s,
                     offline_bytes=offline_bytes,
                 )
@@ -141,6 +143,7 @@ def main() -> None:
             )
             online = [max(r["rows"][i]["online_s"] for r in res) for i in range(args.reps)]
             offline = [max(r["rows"][i]["offline_s"] for r in res) for i in range(args.reps)]
+            cpu = [[r["rows"][i]["online_cpu_s"] for i in range(args.reps)] for r in res]
             row = dict(
                 workload=name,
                 mode=mode,
@@ -149,6 +152,8 @@ def main() -> None:
                 dealer_msgs_p0=res[0]["rows"][-1]["dealer_msgs"],
                 dealer_MB_online_p0=res[0]["rows"][-1]["dealer_bytes"] / 1e6,
                 online_ms=1e3 * statistics.median(online),
+                online_cpu_ms_p0=1e3 * statistics.median(cpu[0]),
+                online_cpu_ms_p1=1e3 * statistics.median(cpu[1]),
                 offline_ms=1e3 * statistics.median(offline),
                 offline_dealer_MB_p0=res[0]["rows"][-1]["offline_bytes"] / 1e6,
                 max_abs_err=res[0]["err"],
