@@ -336,3 +336,30 @@ def test_prefetch_predictions_and_misses_deal_correct_items(prefetch: bool, n: i
         assert (predicted, mispredicted) == (5, 3)
     else:
         assert (predicted, mispredicted) == (0, 0)
+
+
+def test_a_prediction_the_dealer_cannot_deal_is_voided_and_rewound() -> None:
+    """Party 0 predicts a fixed triple whose mask it has released since: the dealer voids the
+    prediction (and the ones after it), party 0 rewinds, and every item is still right."""
+
+    def sq(n: int) -> list[DealerRequest]:
+        return [DealerRequest("square", {"shape": [n]})]
+
+    def run(d: Dealer) -> tuple[list[Shares], int]:
+        h, _ = d.fixed_mask((2, 2))
+        a = [d.fixed_triple_request("mul", (2, 2), (2, 2), h), *sq(3)]
+        out = [d.fetch(r) for r in (a, sq(3), sq(7), sq(3), a)]
+        d.release_fixed(h)
+        # sq(7) was followed by sq(3) and then a: both are predicted after the release reached
+        # the dealer, which voids a; the program asks for sq(9) instead.
+        out += [d.fetch(r) for r in (sq(5), sq(7), sq(3), sq(9), sq(3))]
+        return out, getattr(d, "mispredicted", 0)
+
+    per_party = with_dealers("ttp", 2, run)
+    assert per_party[0][1] >= 1
+    for batch in zip(*(p[0] for p in per_party), strict=True):
+        for item in zip(*batch, strict=True):
+            parts = [total([p[c] for p in item]) for c in range(len(item[0]))]
+            if item[0][0].shape == (2, 2):  # fixed triple: [m], [c = m * b]; b unknown here
+                continue
+            assert torch.equal(parts[1], parts[0] * parts[0])
