@@ -6,7 +6,8 @@ Runs ``mlp_b1``, ``lenet_b1`` and a BERT encoder layer of the CrypTen peer's ``w
 one forward pass (every counted communicator call: dealer exchanges count only when they block,
 see ``crypten_lite.dealer.third_party``), party 0's dealer messages, and the online time (max
 over parties, median of ``--reps`` passes after one warm-up pass; and each party's CPU time,
-steadier on a shared machine); ``plan`` also reports the
+steadier on a shared machine, and the seconds party 0 waited for dealer replies); ``plan``
+also reports the
 offline time of :meth:`crypten_lite.Plan.prepare` and its dealer bytes.
 
 Modes: ``noprefetch`` (the dealing of main: one request per batch, collected after the
@@ -115,6 +116,9 @@ def party_main(name: str, mode: str, reps: int) -> dict[str, Any]:
                     bytes=st.total.bytes_sent + st.total.bytes_received,
                     online_s=online_s,
                     online_cpu_s=online_cpu_s,
+                    dealer_wait_s=sum(
+                        s.wait_s for t, s in st.by_tag.items() if t.startswith("dealer.")
+                    ),
                     offline_s=offline_s,
                     offline_bytes=offline_bytes,
                 )
@@ -154,6 +158,8 @@ def main() -> None:
                 online_ms=1e3 * statistics.median(online),
                 online_cpu_ms_p0=1e3 * statistics.median(cpu[0]),
                 online_cpu_ms_p1=1e3 * statistics.median(cpu[1]),
+                dealer_wait_ms_p0=1e3
+                * statistics.median(r["dealer_wait_s"] for r in res[0]["rows"]),
                 offline_ms=1e3 * statistics.median(offline),
                 offline_dealer_MB_p0=res[0]["rows"][-1]["offline_bytes"] / 1e6,
                 max_abs_err=res[0]["err"],
