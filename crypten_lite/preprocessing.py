@@ -22,6 +22,10 @@ used twice, and a second run needs a fresh :meth:`Plan.prepare`.
 Memory: the store holds this party's full shares of every item of the run (free and derived
 components), e.g. ``3 * 8`` bytes per element of an elementwise product.
 
+Fixed weight masks (:func:`crypten_lite.nn.reuse_weight_masks`): run the model once before
+:func:`plan`, so that the masks exist; the plan then refers to them (a plan recorded on the pass
+that makes them would make them again, and the online pass, which reuses them, would diverge).
+
 Persistence: :meth:`Plan.save` writes this party's prepared store to a safetensors file (never
 pickle) and :func:`load_plan` reads it back in a later session of the same shape; loading
 deletes the file, so the same material cannot be loaded twice. Plans that create fixed masks

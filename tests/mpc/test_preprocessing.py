@@ -173,3 +173,26 @@ def test_prefetch_gives_party0_the_rounds_of_the_others(
         assert r["rounds"][1:] == res[1]["rounds"][1:]
         for x, y in zip(X, r["outs"], strict=True):
             assert (y - NET(x)).abs().max().item() < TOL
+
+
+def test_a_plan_with_reused_weight_masks(tmp_path: Path, run_parties: Run) -> None:
+    """Masks made by a warm-up pass are referred to by the plan, not made again; such a plan
+    lives in the session (the dealer keeps the masks), so it cannot be saved."""
+
+    def body(party: Party) -> tuple[list[str], float]:
+        with cl.use_party(party), torch.no_grad():
+            model = cl.nn.reuse_weight_masks(cl.encrypt_module(copy.deepcopy(NET), src=0))
+            xe = cl.cryptensor(X[0], src=1)
+            model(xe)  # makes the weight masks
+            plan = cl.plan(model, xe)
+            plan.prepare()
+            with pytest.raises(cl.ConfigurationError, match="fixed masks"):
+                plan.save(tmp_path / f"p{party.rank}")
+            with plan.online():
+                y = model(cl.cryptensor(X[1], src=1))
+            return [r.kind for r in plan.requests], (
+                y.get_plain_text() - NET(X[1])
+            ).abs().max().item()
+
+    for kinds, err in run_parties(body, 2, dealer="ttp"):
+        assert "fixed_triple" in kinds and "fixed_mask" not in kinds and err < TOL
