@@ -184,6 +184,7 @@ class TrustedThirdParty(Dealer):
         if self._releases:
             self._post({"release": self._releases})
             self._releases = []
+        requests = tuple(requests)  # kept in the history: immune to the caller's later edits
         key = _batch_key(requests)
         seq = self._seq
         self._seq += 1
