@@ -37,12 +37,17 @@ a round only when no other round of this party took place since the request went
 waited a full dealer round trip (a ``fetch`` that needs its material at once). A reply to a
 request sent before one of the parties' own rounds (a :class:`DealerBatch` completed after the
 protocol's opening, or a predicted batch) arrives while the parties talk; it costs no latency of
-its own as long as the dealer link is no slower than the parties' link. Bytes are counted as
-always, under the ``dealer.*`` tags.
+its own as long as the dealer link is no slower than the parties' link and the dealer deals it
+within that round. When the dealing takes longer (large triples, without prefetch), party 0
+waits without a counted round: the wait shows in ``wait_s`` of ``dealer.reply``, and is what
+prefetch removes. Bytes are counted as always, under the ``dealer.*`` tags.
 
-Measured (2 parties + dealer process over IPC, one torch thread each, see the report in the
-repository's history): party 0's counted rounds fall from 2.3x party 1's to party 1's for
-repeated forward passes of mlp, lenet and a BERT layer.
+Measured (2 parties + dealer process over IPC, 2026-12-03, ``benchmarks/dealer_phases.py``, a
+shared 2-core machine, so wall times are loose): before this scheme party 0 counted two rounds per
+dealer batch (mlp_b1 24 vs party 1's 14, lenet_b1 58 vs 36, a BERT-base layer at sequence 32 230
+vs 102); now it counts party 1's on all three, with or without prefetch. What prefetch changes is
+party 0's time waiting for dealer replies on a repeated forward pass: mlp_b1 20-55 ms to 0.03 ms,
+lenet_b1 17-65 ms to 0.06 ms, the BERT layer 507-688 ms to 0.4 ms.
 """
 
 from __future__ import annotations
