@@ -47,6 +47,10 @@ _LAZY = {
     "load_from_party": "crypten_lite.encrypted",
     "save": "crypten_lite.encrypted",
     "profile": "crypten_lite.profiling",
+    "Plan": "crypten_lite.preprocessing",
+    "PlanMismatchError": "crypten_lite.preprocessing",
+    "load_plan": "crypten_lite.preprocessing",
+    "plan": "crypten_lite.preprocessing",
     "MPCTensor": "crypten_lite.tensor",
     "is_encrypted": "crypten_lite.tensor",
     "ptype": "crypten_lite.tensor",
@@ -93,6 +97,7 @@ if TYPE_CHECKING:
         save,
     )
     from crypten_lite.generation import Generation, generate
+    from crypten_lite.preprocessing import Plan, PlanMismatchError, load_plan, plan
     from crypten_lite.profiling import profile
     from crypten_lite.tensor import MPCTensor, is_encrypted, ptype
 
@@ -110,6 +115,8 @@ __all__ = [
     "LaunchError",
     "MPCTensor",
     "PartyFailedError",
+    "Plan",
+    "PlanMismatchError",
     "PartyTimeoutError",
     "ProtocolError",
     "SecretLeakError",
@@ -129,7 +136,9 @@ __all__ = [
     "launch",
     "load",
     "load_from_party",
+    "load_plan",
     "nn",
+    "plan",
     "profile",
     "ptype",
     "run_multiprocess",

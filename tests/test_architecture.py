@@ -193,16 +193,11 @@ PUBLIC_CALL_SITES = {
     "crypten_lite.encrypted": "load_from_party: the size and header of the file (public)",
     "crypten_lite.generation": "generate(dst=...): dst announces whether every sequence has "
     "reached EOS (a declared disclosure: the number of generated steps)",
+    "crypten_lite.preprocessing": "a prepared plan's identity: random public words from party 0",
 }
 COMM_CALLS = {
-    "send",
-    "recv",
-    "exchange",
-    "route",
-    "broadcast",
-    "gather",
-    "all_gather",
-    "all_reduce",
+    *("send", "recv", "exchange", "route", "broadcast", "gather", "all_gather", "all_reduce"),
+    *("_send_one", "_recv_one"),  # the message primitives, for callers that count rounds apart
 }
 OPENING_MODULE = "crypten_lite.protocols.opening"
 

@@ -22,12 +22,20 @@ Two dealers:
   ``1..N-1`` draw only the free components and hold zero shares of the derived ones; party 0
   holds the derived values in full (no correction to compute).
 
+Online cost. Party 0 of a dealer process sends requests without waiting and, by default,
+*prefetches*: it predicts the next batches from the ones that followed the same batch before
+and sends them ahead, so that their corrections are queued when the program asks
+(:mod:`~crypten_lite.dealer.third_party`). An explicit offline phase (:mod:`~crypten_lite.dealer.plan`,
+user API :mod:`crypten_lite.preprocessing`) records a run's requests, deals them in bulk
+beforehand, and serves the online run with no dealer message at all.
+
 Modules, lowest first: ``request`` (requests, component sharings, the dealer's store),
 ``arith_kinds`` (triples, truncation, conversion material, fixed operands) and ``bit_kinds``
 (packed-bit correlations for comparisons, bit injection and AND), ``core`` (the kind table,
 layouts, draw order, corrections), ``dealers`` (the :class:`Dealer` interface, batches, the
-trusted first party), ``third_party`` (the dealer process and its wire format). Import from
-this package; the split is by family, not an API.
+trusted first party), ``third_party`` (the dealer process, its wire format and prefetch),
+``plan`` (recording, bulk preparation and in-order serving of a program's material). Import
+from this package; the split is by family, not an API.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from crypten_lite.dealer.core import dealer_corrections as dealer_corrections
 from crypten_lite.dealer.core import party_draw as party_draw
 from crypten_lite.dealer.dealers import Dealer, TrustedFirstParty
 from crypten_lite.dealer.dealers import DealerBatch as DealerBatch
+from crypten_lite.dealer.plan import PlanMismatchError as PlanMismatchError
 from crypten_lite.dealer.request import ARITH as ARITH
 from crypten_lite.dealer.request import BIT as BIT
 from crypten_lite.dealer.request import XOR as XOR

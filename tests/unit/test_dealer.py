@@ -281,3 +281,85 @@ def test_tfp_parties_above_0_hold_zero_derived_shares() -> None:
     d1.fetch(_EVERY_KIND)
     drawn = sum(8 * math.prod(shape) for r in _EVERY_KIND for shape, _ in _layout(r)[0])
     assert d1._own.position == drawn
+
+
+def _mul(n: int) -> DealerRequest:
+    return DealerRequest("triple", {"op": "mul", "a_shape": [n], "b_shape": [n]})
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("n", [2, 3])
+def test_prefetch_predictions_and_misses_deal_correct_items(prefetch: bool, n: int) -> None:
+    """A repeating request stream with divergences: every item is a correct, fresh triple, the
+    repeats are served from predictions, and each divergence is one abandoned prediction."""
+    # Period 3 from the fourth batch on is predicted (4 hits), until 7 breaks it; the next 3
+    # predicts 4, 7 (1 hit, then a miss at 5), and 5 predicts 3 (a miss at 2).
+    sizes = [3, 4, 5, 3, 4, 5, 3, 4, 7, 3, 4, 5, 2]
+    stats: list[tuple[int, int]] = []
+
+    def run(d: Dealer) -> Shares:
+        out = []
+        for size in sizes:
+            if size % 2 == 0:  # both completion styles: at once, and after later requests
+                out.append(d.fetch([_mul(size)])[0])
+            else:
+                batch = d.request([_mul(size), DealerRequest("square", {"shape": [size]})])
+                out.extend(batch.items())
+        if isinstance(d, TrustedThirdParty) and d.rank == 0:
+            stats.append((d.predicted, d.mispredicted))
+        return out
+
+    if not prefetch:
+        original = TrustedThirdParty.__init__
+
+        def no_prefetch(self: TrustedThirdParty, *args: object, **kwargs: object) -> None:
+            original(self, *args, prefetch=False)  # type: ignore[arg-type]
+
+        TrustedThirdParty.__init__ = no_prefetch  # type: ignore[method-assign]
+    try:
+        per_party = with_dealers("ttp", n, run)
+    finally:
+        if not prefetch:
+            TrustedThirdParty.__init__ = original  # type: ignore[method-assign]
+    seen: set[int] = set()
+    for item in zip(*per_party, strict=True):
+        parts = [total([p[c] for p in item]) for c in range(len(item[0]))]
+        if len(parts) == 3:
+            assert torch.equal(parts[2], parts[0] * parts[1])
+        else:
+            assert torch.equal(parts[1], parts[0] * parts[0])
+        first = int(parts[0][0])
+        assert first not in seen  # a fresh mask every time
+        seen.add(first)
+    predicted, mispredicted = stats[0]
+    if prefetch:
+        assert (predicted, mispredicted) == (5, 3)
+    else:
+        assert (predicted, mispredicted) == (0, 0)
+
+
+def test_a_prediction_the_dealer_cannot_deal_is_voided_and_rewound() -> None:
+    """Party 0 predicts a fixed triple whose mask it has released since: the dealer voids the
+    prediction (and the ones after it), party 0 rewinds, and every item is still right."""
+
+    def sq(n: int) -> list[DealerRequest]:
+        return [DealerRequest("square", {"shape": [n]})]
+
+    def run(d: Dealer) -> tuple[list[Shares], int]:
+        h, _ = d.fixed_mask((2, 2))
+        a = [d.fixed_triple_request("mul", (2, 2), (2, 2), h), *sq(3)]
+        out = [d.fetch(r) for r in (a, sq(3), sq(7), sq(3), a)]
+        d.release_fixed(h)
+        # sq(7) was followed by sq(3) and then a: both are predicted after the release reached
+        # the dealer, which voids a; the program asks for sq(9) instead.
+        out += [d.fetch(r) for r in (sq(5), sq(7), sq(3), sq(9), sq(3))]
+        return out, getattr(d, "mispredicted", 0)
+
+    per_party = with_dealers("ttp", 2, run)
+    assert per_party[0][1] >= 1
+    for batch in zip(*(p[0] for p in per_party), strict=True):
+        for item in zip(*batch, strict=True):
+            parts = [total([p[c] for p in item]) for c in range(len(item[0]))]
+            if item[0][0].shape == (2, 2):  # fixed triple: [m], [c = m * b]; b unknown here
+                continue
+            assert torch.equal(parts[1], parts[0] * parts[0])
