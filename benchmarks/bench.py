@@ -39,7 +39,8 @@ Groups and ownership (as the peer):
   (``first_*`` / ``second_*``: the second is what reusing weight masks speeds up).
 
 ``transformer`` and ``large`` start one pair of party processes per workload (a party's peak
-RSS then belongs to one workload) and are not in the default ``--groups``.
+RSS, ``peak_rss_mb_rank*``, then belongs to one workload; in the other groups it covers every
+workload run before it) and are not in the default ``--groups``.
 
 Timing (the peer's rules): parties are real processes (``crypten_lite.launch``: ZeroMQ over
 IPC; ``--link`` picks TCP or a shaped network instead), with our dealer process for
