@@ -55,3 +55,23 @@ def test_lite_ops_tiny_layer(run_parties: Any, arch: str) -> None:
     # about 1e-3 of its function here; 1e-2 is issue 13's bound for the whole layer
     err = float((got - ref.double()).abs().max())
     assert err < 1e-2, err
+
+
+def test_session_settings_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--truncation`` / ``--protocol`` win over the environment, which is the default."""
+    bench = _bench()
+    monkeypatch.setenv("CRYPTEN_LITE_TRUNCATION", "local")
+    args = bench.parse_args(["--groups", "micro"])
+    assert bench.session_config(args).truncation == "local" and args.world_size == 2
+    args = bench.parse_args(["--truncation", "dealer", "--protocol", "beaver"])
+    assert bench.session_config(args).truncation == "dealer"
+
+
+def test_replicated_refused_clearly_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    if importlib.util.find_spec("crypten_lite.protocols.replicated") is not None:
+        pytest.skip("the replicated family exists: the flag runs it")
+    argv = ["--protocol", "replicated", "--groups", "micro", "--only", "add_1"]
+    assert bench.parse_args(argv).world_size == 3
+    assert bench.main([*argv, "--peer-dir", str(bench.W.__file__).rsplit("/", 1)[0]]) == 2
+    assert "no replicated protocol family yet" in capsys.readouterr().err
