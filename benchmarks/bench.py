@@ -64,8 +64,10 @@ which tell the links apart by peer, whatever a message's tag): ``online_rounds_r
 ``online_bytes_rank{r}`` (sent + received between parties) and ``online_wait_s_rank{r}``;
 ``offline_messages_rank{r}``, ``offline_bytes_rank{r}`` (sent + received on the dealer link)
 and ``offline_wait_s_rank{r}`` (time spent waiting on the dealer). With the dealer process
-party 0 makes the offline exchanges while the program runs; ``mpc_online_median_s`` is the
-median over repetitions of the slowest party's time less its dealer waits. The first call's
+party 0 makes the offline exchanges while the program runs, and every party waits for them
+(each round waits for the slowest party): ``mpc_online_median_s`` is the median over
+repetitions of the slowest party's time less the longest time any party waited on the dealer
+(an estimate of the time without dealer waits on the critical path). The first call's
 counts are the plain fields, the second call's carry a ``second_`` prefix
 (``second_call_s``, ``second_online_rounds_rank0``, ...).
 
@@ -904,14 +906,10 @@ def merge_timed(
     for name, r0 in per_rank[0].items():
         parts = [r[name] for r in per_rank]
         reps = [max(ts) for ts in zip(*(p["times"] for p in parts), strict=True)]
-        online = [
-            max(t - d for t, d in zip(ts, ds, strict=True))
-            for ts, ds in zip(
-                zip(*(p["times"] for p in parts), strict=True),
-                zip(*(p["dealer_wait"] for p in parts), strict=True),
-                strict=True,
-            )
-        ]
+        # Every round waits for the slowest party, so party 0's dealer waits delay the others
+        # too: the online estimate takes the longest dealer wait off the slowest party's time.
+        waits = [max(ds) for ds in zip(*(p["dealer_wait"] for p in parts), strict=True)]
+        online = [max(0.0, t - d) for t, d in zip(reps, waits, strict=True)]
         cpu = [sum(cs) for cs in zip(*(p["cpu"] for p in parts), strict=True)]
         comms, seconds = [p["comm"] for p in parts], [p["comm_second"] for p in parts]
         row = {k: v for k, v in r0.items() if k not in (*PER_PARTY_KEYS, "peak_rss_mb")}
@@ -921,6 +919,7 @@ def merge_timed(
             mpc_max_s=max(reps),
             mpc_reps_s=reps,
             mpc_online_median_s=statistics.median(online),
+            dealer_wait_median_s=statistics.median(waits),
             mpc_cpu_median_s=statistics.median(cpu),
             rounds=comms[0]["rounds"],
             **{
