@@ -116,7 +116,7 @@ def launch(
     world_size: int = 2,
     *,
     args: tuple[Any, ...] = (),
-    dealer: bool = True,
+    dealer: bool | None = None,
     **kwargs: Any,
 ) -> list[T]:
     """Run ``fn(*args)`` in ``world_size`` party processes (plus the dealer process when
@@ -124,7 +124,9 @@ def launch(
 
     Each process calls :func:`init` before ``fn`` and :func:`uninit` after it. ``fn`` and its
     arguments must be importable by the child processes (a module-level function). Other
-    keyword arguments go to the launcher (``transport``, ``config``, ``timeout_s``).
+    keyword arguments go to the launcher (``transport``, ``config``, ``timeout_s``,
+    ``protocol``). ``dealer`` defaults to a dealer process for the Beaver family and none for
+    ``protocol="replicated"`` (3 parties, which refuses one).
     """
     return _plugin("launch")(fn, world_size, args=args, dealer=dealer, **kwargs)  # type: ignore[no-any-return]
 

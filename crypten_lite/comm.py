@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -336,6 +336,26 @@ class Communicator(ABC):
                 peer, tensors if isinstance(tensors, torch.Tensor) else tensors[peer], tag
             )
         received = {peer: self._recv_one(peer, tag) for peer in targets}
+        self.stats._on_round(tag)
+        self._round_done()
+        return received
+
+    def route(
+        self, sends: Mapping[int, torch.Tensor], recv_from: Sequence[int], tag: str
+    ) -> dict[int, torch.Tensor]:
+        """One round of any pattern: send ``sends[peer]`` to each peer, then receive one tensor
+        from each of ``recv_from`` (the replicated family's rotations: to ``i - 1``, from
+        ``i + 1``). Every send leaves before any receive.
+
+        Returns:
+            ``peer -> tensor`` received from each of ``recv_from``.
+        """
+        self._require_party("route")
+        for peer in list(sends) + list(recv_from):
+            self._check_peer(peer, "route with")
+        for peer, tensor in sends.items():
+            self._send_one(peer, tensor, tag)
+        received = {peer: self._recv_one(peer, tag) for peer in recv_from}
         self.stats._on_round(tag)
         self._round_done()
         return received

@@ -9,7 +9,11 @@
    pair derives a seed from their Diffie-Hellman secret (HKDF, bound to both public keys). The
    seeds key the AES-CTR streams used for pseudo-random zero sharing.
 3. Agree on a seed with the dealer the same way (``ttp``), or let party 0 derive every party's
-   dealer stream (``tfp``, insecure, tests only).
+   dealer stream (``tfp``, insecure, tests only). Under the replicated family
+   (``config.protocol == "replicated"``: exactly 3 parties, no dealer process) there is no
+   dealer seed: products and truncation use the pairwise streams
+   (:mod:`crypten_lite.protocols.replicated`) and ``party.dealer`` is a
+   :class:`NoDealer` placeholder.
 
 Before step 1, each process lets the allocator keep freed tensor memory
 (:func:`keep_freed_memory`), which halves the cost of large protocol steps.
@@ -28,14 +32,34 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from crypten_lite.comm import Communicator, InProcessHub
 from crypten_lite.config import Config
-from crypten_lite.dealer import Dealer, TrustedFirstParty, TrustedThirdParty, serve_dealer
-from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
+from crypten_lite.dealer import (
+    Dealer,
+    DealerBatch,
+    DealerRequest,
+    TrustedFirstParty,
+    TrustedThirdParty,
+    serve_dealer,
+)
+from crypten_lite.errors import (
+    ConfigurationError,
+    PartyFailedError,
+    PartyTimeoutError,
+    ProtocolError,
+)
 from crypten_lite.prg import PRG, KeyPair, derive_seed, fresh_seed
 
-__all__ = ["PROTOCOL_VERSION", "Party", "dealer_setup", "keep_freed_memory", "run_threads"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "NoDealer",
+    "Party",
+    "dealer_setup",
+    "keep_freed_memory",
+    "run_threads",
+]
 
 PROTOCOL_VERSION = 1
 _DEALER_CODES = {"ttp": 1, "tfp": 2}
@@ -92,6 +116,42 @@ def _pair_context(lo_key: bytes, hi_key: bytes) -> bytes:
     return lo_key + hi_key
 
 
+class NoDealer(Dealer):
+    """``party.dealer`` under the replicated family, which has no dealer process.
+
+    Native products and truncation (:mod:`crypten_lite.protocols.replicated`) need no dealer
+    material; the protocol layer still asks for it through the Beaver-family call sequence
+    (``arithmetic.bilinear``: ``dealer.request([triple, trunc])`` then ``beaver_online`` and
+    ``truncate_dealer``, both of which branch to the replicated protocols before reading it).
+    So :meth:`request` answers the kinds ``triple``, ``fixed_triple`` and ``trunc`` with empty
+    placeholders, which nothing reads. Any other kind (a comparison's, a conversion's) is
+    material that must come from the non-linear bridge (party 2 dealing to parties 0 and 1):
+    asking this placeholder for it raises a :class:`ProtocolError` on every party alike.
+    """
+
+    PLACEHOLDER_KINDS = frozenset({"triple", "fixed_triple", "trunc"})
+
+    def fetch(self, requests: Sequence[DealerRequest]) -> list[list[torch.Tensor]]:
+        raise self._refuse(requests)
+
+    def request(self, requests: Sequence[DealerRequest]) -> DealerBatch:
+        if any(r.kind not in self.PLACEHOLDER_KINDS for r in requests):
+            raise self._refuse(requests)
+        empty: list[list[torch.Tensor]] = [[] for _ in requests]
+        return DealerBatch(empty, [[] for _ in requests])
+
+    def fixed_mask(self, shape: Sequence[int]) -> tuple[int, torch.Tensor]:
+        raise self._refuse([DealerRequest("fixed_mask", {"shape": list(shape)})])
+
+    def _refuse(self, requests: Sequence[DealerRequest]) -> ProtocolError:
+        kinds = sorted({r.kind for r in requests})
+        return ProtocolError(
+            f"party {self.rank}: the replicated protocol family has no dealer; dealer material "
+            f"{kinds} must come from the non-linear bridge (party 2 dealing to parties 0 and 1), "
+            "which is not installed for this operation"
+        )
+
+
 @dataclass(eq=False)
 class Party:
     """Everything a protocol function needs to know about this party.
@@ -112,6 +172,11 @@ class Party:
     dealer: Dealer
     local_prg: PRG
     _pair_prgs: dict[int, PRG] = field(repr=False)
+    # Replicated family: share tensor -> (its version when recorded, the companion share).
+    # Keyed by the share tensor's identity, weakly: a new tensor (the result of any op that
+    # does not propagate the companion) has none, and an in-place write to the share bumps
+    # torch's version counter, which makes the recorded companion stale (see companion()).
+    _companions: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary, repr=False)
 
     def __repr__(self) -> str:
         return f"Party(rank={self.rank}, world_size={self.world_size}, dealer={type(self.dealer).__name__})"
@@ -119,6 +184,44 @@ class Party:
     @property
     def frac_bits(self) -> int:
         return self.config.frac_bits
+
+    @property
+    def replicated(self) -> bool:
+        """Whether this session runs the replicated family (3 parties, honest majority)."""
+        return self.config.protocol == "replicated" and self.world_size == 3
+
+    def companion(self, share: torch.Tensor) -> torch.Tensor | None:
+        """The replicated companion ``x_{i+1}`` recorded for this party's share ``x_i``, if any.
+
+        ``None`` when none was recorded for this very tensor, or when the share was written in
+        place since (torch's version counter moved): a stale companion would make a silent
+        wrong result, a missing one only costs a round to fetch it again.
+        """
+        entry = self._companions.get(share)  # type: ignore[no-untyped-call]
+        if entry is None:
+            return None
+        try:
+            version = share._version
+        except RuntimeError:  # inference-mode tensors have no version counter
+            return None
+        if version != entry[0]:
+            del self._companions[share]
+            return None
+        companion: torch.Tensor = entry[1]
+        return companion
+
+    def set_companion(self, share: torch.Tensor, companion: torch.Tensor) -> None:
+        """Record ``companion`` (same shape) as the next party's share of ``share``'s value."""
+        if companion.shape != share.shape:
+            raise ValueError(
+                f"party {self.rank}: companion of shape {tuple(companion.shape)} for a share "
+                f"of shape {tuple(share.shape)}"
+            )
+        try:
+            version = share._version
+        except RuntimeError:  # no version counter, so no way to notice a later write
+            return
+        self._companions[share] = (version, companion)
 
     def pair_prg(self, peer: int) -> PRG:
         """The AES-CTR stream this party shares with ``peer``."""
@@ -180,6 +283,13 @@ class Party:
                     raise ProtocolError(
                         f"party {rank}: party {peer} runs with {name} {other}, this party with {mine}"
                     )
+        # After the fingerprint, so a party of another family fails there on every party alike.
+        if config.protocol == "replicated" and (n != 3 or comm.has_dealer):
+            raise ConfigurationError(
+                f"party {rank}: the replicated protocol family runs exactly 3 parties and no "
+                f"dealer process; this session has {n} parties"
+                + (" and a dealer process (drop --dealer)" if comm.has_dealer else "")
+            )
 
         keys = KeyPair()
         publics = [
@@ -198,7 +308,10 @@ class Party:
             )
 
         dealer: Dealer
-        if config.dealer == "ttp":
+        if config.protocol == "replicated":
+            # Pairwise seeds only: the family's correlated randomness comes from them.
+            dealer = NoDealer(rank, n)
+        elif config.dealer == "ttp":
             if not comm.has_dealer:
                 raise ProtocolError(
                     f"party {rank}: dealer 'ttp' needs a dealer process; start with "
@@ -262,7 +375,7 @@ def run_threads(
         Each party's return value, by rank.
     """
     config = config or Config(transport="inproc", dealer="tfp", timeout_s=30.0)
-    with_dealer = config.dealer == "ttp"
+    with_dealer = config.dealer == "ttp" and config.protocol != "replicated"
     hub = InProcessHub(world_size, has_dealer=with_dealer)
     results: list[Any] = [None] * world_size
     errors: list[tuple[int, BaseException]] = []

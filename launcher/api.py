@@ -62,7 +62,8 @@ def launch(
     world_size: int = 2,
     *,
     args: tuple[Any, ...] = (),
-    dealer: bool = True,
+    dealer: bool | None = None,
+    protocol: str | None = None,
     transport: str | None = None,
     config: Config | None = None,
     timeout_s: float | None = 300.0,
@@ -80,11 +81,14 @@ def launch(
         args: positional arguments, restricted to the types listed in
             :mod:`crypten_lite.launcher.codec`; every party gets the same values.
         dealer: start a dealer process (``ttp``); ``False`` makes party 0 deal — INSECURE,
-            for tests only, and a ``RuntimeWarning`` says so.
+            for tests only, and a ``RuntimeWarning`` says so. Default: a dealer for the
+            Beaver family, none for the replicated family (which refuses one).
+        protocol: ``"beaver"`` or ``"replicated"`` (3 parties, honest majority, no dealer);
+            default: ``config.protocol`` (``CRYPTEN_LITE_PROTOCOL``, else ``"beaver"``).
         transport: ``"ipc"`` or ``"tcp"`` (default: ``config.transport``, which defaults to
             ``"ipc"``).
         config: session settings (default: from the ``CRYPTEN_LITE_*`` environment);
-            ``dealer`` and ``transport`` above take precedence over its fields.
+            ``dealer``, ``protocol`` and ``transport`` above take precedence over its fields.
         timeout_s: wall-clock limit for the whole run (``None``: none).
         threads: torch threads per party (default: split this host's cores).
         quiet: do not relay the parties' output (it is still used for error reports).
@@ -108,8 +112,13 @@ def launch(
         raise ConfigurationError(f"launch() needs at least 2 parties, got {world_size}")
     ref = function_reference(fn)
     base = config or config_from_env()
-    config = base.replace(transport=transport or base.transport, dealer="ttp" if dealer else "tfp")
-    if not dealer:
+    family = protocol or base.protocol
+    if dealer is None:
+        dealer = family != "replicated"
+    config = base.replace(
+        transport=transport or base.transport, dealer="ttp" if dealer else "tfp", protocol=family
+    )
+    if not dealer and family != "replicated":
         warnings.warn(f"launch(dealer=False): {TFP_WARNING}", RuntimeWarning, stacklevel=2)
     with private_run_dir() as run_dir:
         (run_dir / "call.json").write_text(json.dumps(ref))

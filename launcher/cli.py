@@ -5,6 +5,9 @@ Usage (``crypten-lite launch --help`` prints the details)::
     # one host: N parties (+ the dealer), rendezvous and supervision by this process
     crypten-lite launch -n 2 --dealer [--transport ipc|tcp] [--timeout S] script.py [args...]
 
+    # three parties, no dealer: the replicated family (honest majority)
+    crypten-lite launch -n 3 --protocol replicated script.py [args...]
+
     # several hosts: one launcher per rank; rank 0's launcher hosts the coordinator
     crypten-lite secret session.key            # once; copy the file to every host
     crypten-lite launch --rank 0 --world-size 2 --coordinator 10.0.0.1:29500 \\
@@ -96,6 +99,13 @@ def _parser() -> _Parser:
         "across hosts: the session has a dealer started with --rank dealer",
     )
     launch.add_argument(
+        "--protocol",
+        choices=("beaver", "replicated"),
+        help="protocol family: beaver (default: additive shares, dealer triples; any N) or "
+        "replicated (exactly 3 parties, honest majority, no dealer: refuses --dealer); "
+        "default from CRYPTEN_LITE_PROTOCOL",
+    )
+    launch.add_argument(
         "--transport",
         choices=("ipc", "tcp"),
         help="ipc (one host, default) or tcp (CurveZMQ; required across hosts)",
@@ -153,7 +163,14 @@ def _config(ns: argparse.Namespace, transport: str | None) -> Config:
         overrides["rendezvous_timeout_s"] = ns.timeout
     if ns.rendezvous_timeout is not None:
         overrides["rendezvous_timeout_s"] = ns.rendezvous_timeout
+    if ns.protocol is not None:
+        overrides["protocol"] = ns.protocol
     return config_from_env(None, **overrides)
+
+
+def _warning(config: Config, dealer: bool) -> str | None:
+    """The insecure-dealer line, for the Beaver family without a dealer process only."""
+    return None if dealer or config.protocol == "replicated" else _TFP_LINE
 
 
 def _env_int(*names: str) -> int | None:
@@ -199,7 +216,7 @@ def _launch(ns: argparse.Namespace) -> Outcome:
             config=config,
             threads=ns.threads,
             max_time_s=ns.max_time,
-            warning=None if ns.dealer else _TFP_LINE,
+            warning=_warning(config, ns.dealer),
         )
     # ---- one rank of a multi-host session
     world_size = (
@@ -247,7 +264,7 @@ def _launch(ns: argparse.Namespace) -> Outcome:
         local_processes=local,
         threads=ns.threads,
         max_time_s=ns.max_time,
-        warning=None if ns.dealer or rank == world_size else _TFP_LINE,
+        warning=None if rank == world_size else _warning(config, ns.dealer),
     )
 
 

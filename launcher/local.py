@@ -38,7 +38,14 @@ from crypten_lite.launcher.session import (
 )
 from crypten_lite.launcher.supervisor import ChildSpec, Outcome, Supervisor
 
-__all__ = ["TFP_WARNING", "check_transport", "child_argv", "run_local", "run_rank"]
+__all__ = [
+    "TFP_WARNING",
+    "check_family",
+    "check_transport",
+    "child_argv",
+    "run_local",
+    "run_rank",
+]
 
 # What every front end says when a session runs without a dealer process (the CLI prints it,
 # launch() raises it as a RuntimeWarning; each puts its own prefix in front).
@@ -76,6 +83,29 @@ def check_transport(config: Config, *, multi_host: bool) -> None:
             else ("a launcher's processes connect with 'ipc' or 'tcp'")
         )
         raise ConfigurationError(f"{where}; got transport {config.transport!r}")
+
+
+def check_family(config: Config, world_size: int, *, dealer: bool) -> None:
+    """The one launcher check of the protocol family (``Config.protocol``).
+
+    The replicated family runs exactly 3 parties and no dealer process: party 2 deals to
+    parties 0 and 1 in-session where needed, and a separate dealer would be a fourth
+    party that no protocol of the family talks to.
+
+    Raises:
+        ConfigurationError: replicated with another world size, or with a dealer.
+    """
+    if config.protocol != "replicated":
+        return
+    if world_size != 3:
+        raise ConfigurationError(
+            f"the replicated protocol family runs exactly 3 parties, got {world_size}"
+        )
+    if dealer:
+        raise ConfigurationError(
+            "the replicated protocol family has no dealer process: drop --dealer (or pass "
+            "dealer=False); its correlated randomness comes from the parties' pairwise seeds"
+        )
 
 
 def _base_env(config: Config, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -189,6 +219,7 @@ def run_local(
     if world_size < 2:
         raise ConfigurationError(f"MPC needs at least 2 parties, got {world_size}")
     check_transport(config, multi_host=False)
+    check_family(config, world_size, dealer=dealer)
     tcp = config.transport == "tcp"
     count = world_size + (1 if dealer else 0)
     processes = [
@@ -252,6 +283,7 @@ def run_rank(
         OSError: rank 0 cannot bind the coordinator port.
     """
     check_transport(config, multi_host=True)
+    check_family(config, world_size, dealer=dealer or rank == world_size)
     secret_value = None if secret_file else os.environ.get(ENV_SECRET)
     if not secret_file and not secret_value:
         raise ConfigurationError(

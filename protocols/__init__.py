@@ -14,12 +14,13 @@ protocol, cost, security argument and paper (what a new protocol must be built f
 ``msb``            ``sign_bits``: XOR shares of ``msb(x - t)``, three rounds
 ``binary``         ``and_k``: ANDs of XOR-shared words with binary triples
 ``conversion``     ``a2b``, ``b2a``, ``inject_masked``: between arithmetic and XOR sharing
+``replicated``     three parties, no dealer: companions, input sharing, products, truncation
 =================  ============================================================================
 
 Compositions — built from the primitives above only, no messages of their own:
 
 =================  ============================================================================
-``arithmetic``     linear ops and products with truncation (``beaver`` + ``truncation``)
+``arithmetic``     ring-level products truncated by a given bit count, public division (``beaver`` + ``truncation``)
 ``comparison``     ``ltz``, ``relu``, ``eq``, ``clamp``, ... (``sign_bits`` + bit injection)
 ``reduction``      ``max`` / ``argmax`` by tournament or all-pairs comparison
 ``pooling``        max pooling and its backward

@@ -6,7 +6,7 @@ broadcasting, batched ``matmul``, ``conv1d``/``conv2d``, ``conv_transpose1d``/``
 ``einsum``). The
 result is at the sum of both inputs' scales (``2f`` for two fixed-point inputs); truncation is
 the caller's step (:mod:`crypten_lite.protocols.truncation`,
-:func:`crypten_lite.protocols.arithmetic.bilinear`).
+:func:`crypten_lite.protocols.arithmetic.product`).
 
 The online formula used everywhere here is ``[z] = [c] + op(eps, [b]) + op([x], delta)``; summed
 over the parties it is ``op(a, b) + op(x - a, b) + op(x, y - b) = op(x, y)``. Compared with the
@@ -28,6 +28,7 @@ import torch
 
 from crypten_lite.dealer import DealerBatch, DealerRequest
 from crypten_lite.party import Party
+from crypten_lite.protocols import replicated
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.ring import BILINEAR_OPS, bilinear_output_shape
 
@@ -119,6 +120,12 @@ def prepare_fixed(y: Tensor, party: Party, *, tag: str | None = None) -> FixedOp
     Reference: Beaver, CRYPTO'91; Mohassel and Zhang, SecureML, IEEE S&P'17, §4.2.
     """
     check_share(y, party, "fixed operand")
+    if party.replicated:
+        # Replicated family: no mask to open; what a product reuses is the companion, fetched
+        # once here if missing (the returned share is then the re-randomised one).
+        ((share, _),) = replicated.with_companions([y], party, tag=tag or "beaver.fixed")
+        empty = torch.empty(0, dtype=torch.int64)
+        return FixedOperand(share=share, mask=empty, masked_pub=empty, handle=-1)
     handle, b = party.dealer.fixed_mask(tuple(y.shape))
     opened = open_shares([y - b], party, tag=tag or "beaver.fixed")
     assert opened is not None
@@ -193,6 +200,11 @@ def beaver_online(
     :class:`~crypten_lite.dealer.DealerBatch` requires.
     """
     tag = tag or f"beaver.{op}"
+    if party.replicated:
+        # The dealer material is a placeholder (crypten_lite.party.NoDealer). The caller
+        # truncates next (arithmetic.bilinear), and the truncation's opening replaces the
+        # resharing, so the product stays additive here.
+        return _replicated(op, x, y, party, op_params, tag, with_companion=False)
     if isinstance(y, FixedOperand):
         (a,), derived = material_parts(material, index, 1)
         eps = x - a  # type: ignore[operator]
@@ -284,6 +296,10 @@ def beaver(
     Returns:
         This party's int64 share of ``op(x, y)``, at the sum of the input scales (no truncation).
 
+    Under the replicated family (``party.replicated``: 3 parties, no dealer) the product is
+    :func:`crypten_lite.protocols.replicated.product` instead: local cross terms and one
+    resharing round of ``8 * numel(out)`` bytes per party, the result's companion recorded.
+
     Cost: 1 round; each party sends ``8 * (numel(x) + numel(y))`` bytes to each of the ``N - 1``
     peers (only the non-fixed operand with a :class:`FixedOperand`). With a dealer process,
     party 0 also sends one request and receives ``8 * numel(op(x, y))`` bytes; the request
@@ -300,6 +316,29 @@ def beaver(
         TypeError: an operand is not an int64 tensor (message names the party).
         ValueError: unknown op, or shapes that do not fit the op (message names the party).
     """
+    if party.replicated:
+        return _replicated(op, x, y, party, op_params, tag or f"rep.{op}", with_companion=True)
     request = beaver_request(op, x, y, party, op_params)
     batch = party.dealer.request([request])
     return beaver_online(op, x, y, batch, party, op_params=op_params, tag=tag)
+
+
+def _replicated(
+    op: str,
+    x: Tensor | FixedOperand,
+    y: Tensor | FixedOperand,
+    party: Party,
+    op_params: Mapping[str, Any] | None,
+    tag: str,
+    *,
+    with_companion: bool,
+) -> Tensor:
+    """The replicated family's branch of :func:`beaver` and :func:`beaver_online`."""
+    x_share = x.share if isinstance(x, FixedOperand) else x
+    y_share = y.share if isinstance(y, FixedOperand) else y
+    check_share(x_share, party, f"left operand of {op}")
+    check_share(y_share, party, f"right operand of {op}")
+    output_shape(op, tuple(x_share.shape), tuple(y_share.shape), party, op_params)
+    return replicated.product(
+        op, x_share, y_share, party, op_params, tag=tag, with_companion=with_companion
+    )

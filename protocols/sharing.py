@@ -11,6 +11,7 @@ from crypten_lite.comm import FAILURE_NOTICE
 from crypten_lite.encoding import decode, encode
 from crypten_lite.errors import EncodingError
 from crypten_lite.party import Party
+from crypten_lite.protocols import replicated
 from crypten_lite.protocols.opening import open_shares
 
 __all__ = ["abort_share", "reveal", "share", "share_public"]
@@ -47,6 +48,10 @@ def share(
             every other party's next receive from ``src`` fail with a ``ProtocolError`` naming
             ``share.failed`` instead of waiting for the timeout.
 
+    Under the replicated family, step 3-4 are
+    :func:`crypten_lite.protocols.replicated.share_input`: every party also gets its companion
+    share, for one more round in which ``src`` sends ``8 * numel`` bytes to each other party.
+
     Cost: 0 rounds with ``shape`` given, else 1 round of ``8 * (ndim + 1)`` bytes from ``src``.
     Security: the shares of parties other than ``src`` are independent of ``x``; any ``N - 1``
     parties together see ``encode(x) + z_src`` with ``z_src`` pseudo-random to them. A failure
@@ -77,6 +82,8 @@ def share(
                 "(an invalid or unencodable value; its own error says why)"
             )
         shape = tuple(announced[1:])
+    if party.replicated:
+        return replicated.share_input(encoded, src, shape, party)
     zero = party.przs(tuple(shape))
     return zero + encoded if encoded is not None else zero
 

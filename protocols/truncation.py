@@ -45,6 +45,7 @@ import torch
 from crypten_lite.dealer import DealerBatch, DealerRequest
 from crypten_lite.errors import ConfigurationError
 from crypten_lite.party import Party
+from crypten_lite.protocols import replicated
 from crypten_lite.protocols.beaver import material_parts
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.ring import logical_rshift
@@ -123,6 +124,8 @@ def truncate(
     _check_bits(k, party, _SHIFT)
     if k == 0:
         return x.clone()
+    if party.replicated:  # party 2 deals in-session: protocols.replicated.truncate
+        return replicated.truncate(x, party, k)
     batch = party.dealer.request([truncation_request(tuple(x.shape), k)])
     return truncate_dealer(x, party, k, batch)
 
@@ -234,6 +237,8 @@ def truncate_dealer(
     _check_bits(k, party, _SHIFT)
     if k == 0:
         return x.clone()
+    if party.replicated:  # same result and bound, party 2 dealing; ``pair`` is a placeholder
+        return replicated.truncate(x, party, k, tag=tag)
     if pair is None:
         pair = party.dealer.request([truncation_request(tuple(x.shape), k)])
     (r,), derived = material_parts(pair, index, 1)

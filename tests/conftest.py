@@ -1,7 +1,14 @@
-"""Shared fixtures: run protocol code as N parties in threads (tests/mpc) with either dealer."""
+"""Shared fixtures: run protocol code as N parties in threads (tests/mpc) with either dealer.
+
+Protocol family: ``run_parties(fn, 3, protocol="replicated")`` runs the replicated family
+(3 parties, no dealer). Setting ``CRYPTEN_LITE_TEST_PROTOCOL=replicated`` runs every 3-party
+``run_parties`` call that does not choose a family under the replicated family instead, e.g.
+``CRYPTEN_LITE_TEST_PROTOCOL=replicated pytest tests/mpc -k 3p``.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +16,8 @@ import pytest
 
 from crypten_lite.config import Config
 from crypten_lite.party import run_threads
+
+FAMILY_ENV = "CRYPTEN_LITE_TEST_PROTOCOL"
 
 
 @pytest.fixture(params=[2, 3], ids=lambda n: f"{n}p")
@@ -19,7 +28,7 @@ def world_size(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def run_parties() -> Callable[..., list[Any]]:
-    """``run_parties(fn, n, dealer="tfp", **config)`` -> each party's ``fn(party)`` result."""
+    """``run_parties(fn, n, dealer="tfp", protocol=None, **config)`` -> each party's result."""
 
     def run(
         fn: Callable[..., Any],
@@ -27,10 +36,17 @@ def run_parties() -> Callable[..., list[Any]]:
         *,
         dealer: str = "tfp",
         args: tuple[Any, ...] = (),
+        protocol: str | None = None,
         **config: Any,
     ) -> list[Any]:
+        if protocol is None:
+            protocol = os.environ.get(FAMILY_ENV, "beaver") if n == 3 else "beaver"
         cfg = Config(
-            transport="inproc", dealer=dealer, timeout_s=config.pop("timeout_s", 20.0), **config
+            transport="inproc",
+            dealer=dealer,
+            timeout_s=config.pop("timeout_s", 20.0),
+            protocol=protocol,
+            **config,
         )
         return run_threads(fn, n, config=cfg, args=args, timeout_s=90.0)
 

@@ -194,7 +194,16 @@ PUBLIC_CALL_SITES = {
     "crypten_lite.generation": "generate(dst=...): dst announces whether every sequence has "
     "reached EOS (a declared disclosure: the number of generated steps)",
 }
-COMM_CALLS = {"send", "recv", "exchange", "broadcast", "gather", "all_gather", "all_reduce"}
+COMM_CALLS = {
+    "send",
+    "recv",
+    "exchange",
+    "route",
+    "broadcast",
+    "gather",
+    "all_gather",
+    "all_reduce",
+}
 OPENING_MODULE = "crypten_lite.protocols.opening"
 
 

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from crypten_lite.encoding import mask_limit
-from crypten_lite.ops._common import find_party, public_of, unsupported, wrap_public
+from crypten_lite.ops._common import find_party, public_of, unsupported
+from crypten_lite.ops._fixed import wrap_public
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
