@@ -74,7 +74,11 @@ counts are the plain fields, the second call's carry a ``second_`` prefix
 Session settings: ``--truncation`` and ``--protocol`` (default: ``CRYPTEN_LITE_TRUNCATION`` /
 ``CRYPTEN_LITE_PROTOCOL``, else the library's defaults) reach every party over every
 ``--link``; each party reports the settings it ran with and the JSON's ``env`` records them.
-``--protocol replicated`` runs 3 parties and no dealer process (issue 14).
+``--protocol replicated`` runs 3 parties and no dealer process (issue 14), each workload in a
+launch of its own: one that needs an op the family does not have yet fails alone, listed as
+``[failed] name: reason`` (the parties' error) and under ``failed_<group>`` in the JSON, and
+the exit status is 1. Where this crypten_lite has no replicated family, the flag exits 2 with
+that message.
 
 Adding a workload: put an object with ``group``, ``plain()`` (plaintext timing, parent
 process) and ``measure(party, opts)`` (the MPC measurement, inside a party) into
@@ -106,7 +110,7 @@ import torch.nn.functional as F
 import crypten_lite
 from crypten_lite.comm import CommStats
 from crypten_lite.encoding import decode
-from crypten_lite.errors import ConfigurationError
+from crypten_lite.errors import ConfigurationError, PartyFailedError
 from crypten_lite.party import Party
 from crypten_lite.protocols import activations, comparison, elementary
 from crypten_lite.protocols import arithmetic as A
@@ -1145,14 +1149,33 @@ def run_parties(names: list[str], args: argparse.Namespace) -> list[dict[str, An
     )
 
 
-def run_group(group: str, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Each party's results for ``names`` (one launch, or one per workload for the groups in
-    ``ONE_LAUNCH_PER_WORKLOAD``); checks that every party ran with the requested settings."""
-    batches = [[n] for n in names] if group in ONE_LAUNCH_PER_WORKLOAD else [names]
+def failure_reason(exc: BaseException) -> str:
+    """The last error line of a failed run's report (the parties' tracebacks end with it)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if "Error" in ln or "error" in ln]
+    return lines[-1] if lines else f"{type(exc).__name__}: {exc}"
+
+
+def run_group(
+    group: str, names: list[str], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each party's results for ``names`` and the workloads that failed, with the reason.
+
+    One launch, or one per workload for the groups in ``ONE_LAUNCH_PER_WORKLOAD`` and under
+    the replicated family (whose coverage is still growing: an op it lacks fails only its
+    workload). Checks that every party ran with the requested settings.
+    """
+    per_workload = group in ONE_LAUNCH_PER_WORKLOAD or args.world_size != 2
+    batches = [[n] for n in names] if per_workload else [names]
     per_rank: list[dict[str, Any]] = [{} for _ in range(args.world_size)]
+    failed: dict[str, str] = {}
     want = session_config(args)
     for batch in batches:
-        for rank, result in enumerate(run_parties(batch, args)):
+        try:
+            results = run_parties(batch, args)
+        except (PartyFailedError, RuntimeError) as exc:
+            failed.update(dict.fromkeys(batch, failure_reason(exc)))
+            continue
+        for rank, result in enumerate(results):
             ran = result.pop(SESSION_KEY)
             if (ran["truncation"], ran["protocol"]) != (want.truncation, want.protocol):
                 raise RuntimeError(
@@ -1160,7 +1183,7 @@ def run_group(group: str, names: list[str], args: argparse.Namespace) -> list[di
                     f"{ran['protocol']!r}; asked for {want.truncation!r}, {want.protocol!r}"
                 )
             per_rank[rank].update(result)
-    return per_rank
+    return per_rank, failed
 
 
 def protocol_problem(protocol: str, provider: str) -> str | None:
@@ -1339,8 +1362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with LoadMonitor(group, args.wait_idle) as mon:
             plain = {n: WORKLOADS[n].plain(args.reps, args.warmup) for n in names}
             t0 = time.perf_counter()
-            per_rank = run_group(group, names, args)
+            per_rank, failed = run_group(group, names, args)
             wall = time.perf_counter() - t0
+        for name, reason in failed.items():
+            print(f"[failed] {name}: {reason}", file=sys.stderr)
+        if failed:
+            results[f"failed_{group}"] = failed
         title = f"{group} (MPC part {wall:.1f} s)"
         if group == "training":
             rows = merge_training(per_rank, plain)
@@ -1359,7 +1386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if any(k.startswith("failed_") for k in results) else 0
 
 
 if __name__ == "__main__":

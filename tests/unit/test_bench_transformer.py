@@ -67,11 +67,32 @@ def test_session_settings_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> N
     assert bench.session_config(args).truncation == "dealer"
 
 
-def test_replicated_refused_clearly_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
+def test_replicated_refusals_are_clear(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 with a message, no traceback: a checkout without the family, or a dealer asked
+    for under it."""
     bench = _bench()
-    if importlib.util.find_spec("crypten_lite.protocols.replicated") is not None:
-        pytest.skip("the replicated family exists: the flag runs it")
-    argv = ["--protocol", "replicated", "--groups", "micro", "--only", "add_1"]
+    peer = ["--peer-dir", str(bench.W.__file__).rsplit("/", 1)[0]]
+    argv = ["--protocol", "replicated", "--groups", "micro", "--only", "add_1", *peer]
     assert bench.parse_args(argv).world_size == 3
-    assert bench.main([*argv, "--peer-dir", str(bench.W.__file__).rsplit("/", 1)[0]]) == 2
+    assert bench.main([*argv, "--provider", "TTP"]) == 2
+    assert "has no dealer" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        bench.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.endswith(".replicated") else real(name, *a),
+    )
+    assert bench.main(argv) == 2
     assert "no replicated protocol family yet" in capsys.readouterr().err
+
+
+def test_failure_reason_is_the_parties_last_error_line() -> None:
+    bench = _bench()
+    report = (
+        "party 0 failed (exit code 1); stopped the other processes\nTraceback ...\n"
+        '  File "x.py", line 1\ncrypten_lite.errors.ProtocolError: party 0: no dealer here'
+    )
+    got = bench.failure_reason(bench.PartyFailedError(report))
+    assert got == "crypten_lite.errors.ProtocolError: party 0: no dealer here"
