@@ -26,6 +26,21 @@ Groups and ownership (as the peer):
   ``mlp_train`` (5 steps on one batch of 64, lr 0.1, ``CrossEntropyLoss`` with one-hot encrypted
   targets), model from party 0, data and labels from party 1, unmodified ``torch.optim.SGD`` on
   the encrypted parameters.
+* ``transformer``: ``workloads.TRANSFORMER`` (``bert_layer_s128``, ``gpt2_layer_s64``): the
+  peer's ``transformer_layer(ops, spec, x, p, mask)`` itself, with its seeded weights (each of
+  ``PARAM_ORDER`` shared by party 0), input (party 1) and public causal mask, run with
+  :class:`LiteOps` (the ``ops`` interface on ``MPCTensor`` s: torch's own functions, GELU as
+  ``F.gelu``); error against ``transformer_ref``; each party's peak RSS.
+* ``large`` (no CrypTen counterpart): ``resnet18_b1``, the BasicBlock ResNet-18 of
+  ``tests/mpc/test_numerics_norm.py`` (7x7 stem, max pool, widths 64-512, 10 classes; BatchNorm
+  affine parameters as after training) in eval mode on a 1x3x32x32 input, model from party 0,
+  input from party 1; ``resnet18_b1_reuse`` the same with ``reuse_weight_masks`` switched on
+  before the first pass. Their first and second forward passes are reported apart
+  (``first_*`` / ``second_*``: the second is what reusing weight masks speeds up).
+
+``transformer`` and ``large`` start one pair of party processes per workload (a party's peak
+RSS, ``peak_rss_mb_rank*``, then belongs to one workload; in the other groups it covers every
+workload run before it) and are not in the default ``--groups``.
 
 Timing (the peer's rules): parties are real processes (``crypten_lite.launch``: ZeroMQ over
 IPC; ``--link`` picks TCP or a shaped network instead), with our dealer process for
@@ -43,6 +58,27 @@ to compare with the peer's ``bytes``); ``bytes_sent_rank*`` is what a party send
 payload, to parties and dealer). ``rounds`` counts communication calls between parties
 (CrypTen's meaning); ``dealer_round_trips_rank0`` counts party 0's requests to the dealer
 process (``--provider TTP``; CrypTen's TTP counts its own party-TTP calls in ``rounds``).
+
+Online and offline, for every party ``r`` (from ``CommStats.parties`` / ``CommStats.dealer``,
+which tell the links apart by peer, whatever a message's tag): ``online_rounds_rank{r}``,
+``online_bytes_rank{r}`` (sent + received between parties) and ``online_wait_s_rank{r}``;
+``offline_messages_rank{r}``, ``offline_bytes_rank{r}`` (sent + received on the dealer link)
+and ``offline_wait_s_rank{r}`` (time spent waiting on the dealer). With the dealer process
+party 0 makes the offline exchanges while the program runs, and every party waits for them
+(each round waits for the slowest party): ``mpc_online_median_s`` is the median over
+repetitions of the slowest party's time less the longest time any party waited on the dealer
+(an estimate of the time without dealer waits on the critical path). The first call's
+counts are the plain fields, the second call's carry a ``second_`` prefix
+(``second_call_s``, ``second_online_rounds_rank0``, ...).
+
+Session settings: ``--truncation`` and ``--protocol`` (default: ``CRYPTEN_LITE_TRUNCATION`` /
+``CRYPTEN_LITE_PROTOCOL``, else the library's defaults) reach every party over every
+``--link``; each party reports the settings it ran with and the JSON's ``env`` records them.
+``--protocol replicated`` runs 3 parties and no dealer process (issue 14), each workload in a
+launch of its own: one that needs an op the family does not have yet fails alone, listed as
+``[failed] name: reason`` (the parties' error) and under ``failed_<group>`` in the JSON, and
+the exit status is 1. Where this crypten_lite has no replicated family, the flag exits 2 with
+that message.
 
 Adding a workload: put an object with ``group``, ``plain()`` (plaintext timing, parent
 process) and ``measure(party, opts)`` (the MPC measurement, inside a party) into
@@ -72,7 +108,9 @@ import torch
 import torch.nn.functional as F
 
 import crypten_lite
+from crypten_lite.comm import CommStats
 from crypten_lite.encoding import decode
+from crypten_lite.errors import ConfigurationError, PartyFailedError
 from crypten_lite.party import Party
 from crypten_lite.protocols import activations, comparison, elementary
 from crypten_lite.protocols import arithmetic as A
@@ -82,12 +120,15 @@ from crypten_lite.tensor import MPCTensor
 HERE = Path(__file__).resolve().parent
 DEFAULT_PEER_DIR = Path(__file__).resolve().parents[2] / "shared" / "peers" / "crypten"
 PEER_ENV = "CRYPTEN_PEER_DIR"
-WORLD_SIZE = 2
-GROUPS = ("micro", "inference", "training")
+GROUPS = ("micro", "inference", "training", "transformer", "large")
+DEFAULT_GROUPS = ("micro", "inference", "training")
+ONE_LAUNCH_PER_WORKLOAD = ("transformer", "large")  # peak RSS per workload
 LINKS = ("ipc", "loopback", "lan", "wan")
-DEALER_TAGS = ("dealer.request", "dealer.reply")
+PROTOCOLS = {"beaver": 2, "replicated": 3}  # family -> parties
 BARRIER_TAG = "bench.barrier"
 MODEL_OWNER, DATA_OWNER = 0, 1
+# The ResNet-18 the tests define (reused, not copied): tests/mpc/test_numerics_norm.py
+RESNET_FILE = HERE.parent / "tests" / "mpc" / "test_numerics_norm.py"
 
 # The peer's framework-neutral workload definitions (``workloads.py``), set by load_peer().
 W: Any = None
@@ -162,27 +203,25 @@ def errors(got: torch.Tensor, ref: torch.Tensor, boolean: bool = False) -> dict[
     return row
 
 
-def counts(stats: Any) -> dict[str, float]:
-    """One call's communication, split into party-to-party and party-to-dealer traffic."""
-    party_rounds = party_sent = party_recv = 0
-    dealer_msgs = dealer_sent = dealer_recv = 0
-    for tag, s in stats.by_tag.items():
-        if tag in DEALER_TAGS:
-            dealer_msgs += s.messages_sent
-            dealer_sent += s.bytes_sent
-            dealer_recv += s.bytes_received
-        else:
-            party_rounds += s.rounds
-            party_sent += s.bytes_sent
-            party_recv += s.bytes_received
+def counts(stats: CommStats) -> dict[str, float]:
+    """One call's communication: online (between parties) and offline (the dealer link) apart.
+
+    ``CommStats`` tells the links apart by peer, so material a dealer serves under any tag
+    (requests, replies, prefetched batches) lands in the offline columns.
+    """
+    online, dealer = stats.parties, stats.dealer
     return dict(
-        rounds=party_rounds,
-        bytes_sent=party_sent + dealer_sent,
-        bytes_received=party_recv + dealer_recv,
-        party_bytes_sent=party_sent,
-        dealer_bytes_sent=dealer_sent,
-        dealer_bytes_received=dealer_recv,
-        dealer_round_trips=dealer_msgs,
+        rounds=online.rounds,
+        bytes_sent=stats.total.bytes_sent,
+        bytes_received=stats.total.bytes_received,
+        party_bytes_sent=online.bytes_sent,
+        party_bytes_received=online.bytes_received,
+        online_wait_s=online.wait_s,
+        dealer_bytes_sent=dealer.bytes_sent,
+        dealer_bytes_received=dealer.bytes_received,
+        dealer_round_trips=dealer.messages_sent,
+        dealer_messages=dealer.messages_sent + dealer.messages_received,
+        dealer_wait_s=dealer.wait_s,
         comm_time_s=stats.total.wait_s,
     )
 
@@ -199,12 +238,27 @@ def counted(party: Party, fn: Callable[[], Any]) -> tuple[dict[str, float], Any]
     return stats, out
 
 
-def timed(party: Party, fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """(wall s, CPU s of this process, result) of ``fn`` after a barrier."""
+def timed(party: Party, fn: Callable[[], Any]) -> tuple[float, float, float, Any]:
+    """(wall s, CPU s of this process, s waiting on the dealer, result) of ``fn`` after a
+    barrier."""
     party.comm.barrier(BARRIER_TAG)
+    d0 = party.comm.stats.dealer.wait_s
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
-    return time.perf_counter() - t0, time.process_time() - c0, out
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, party.comm.stats.dealer.wait_s - d0, out
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(current VmRSS, peak VmHWM) of this process in MiB (the peer's ``_rss_mb``)."""
+    cur = peak = float("nan")
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024.0
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024.0
+    return cur, peak
 
 
 # --------------------------------------------------------------------------- timed workloads
@@ -231,17 +285,30 @@ class Timed:
         raise NotImplementedError
 
     def measure(self, party: Party, opts: Options) -> dict[str, Any]:
+        """Set-up; the first call counted and checked; the second counted (it is a warm-up
+        call when ``warmup >= 2``); the remaining warm-ups; ``reps`` timed calls."""
         t0 = time.perf_counter()
         state = self.prepare(party, opts)
         setup_s = time.perf_counter() - t0
+        rss_before, _ = peak_rss_mb()
         with torch.no_grad():
             stats, out = counted(party, lambda: self.call(party, state))
             row = self.check(party, out, state)
             del out
-            for _ in range(opts.warmup - 1):
+            second, _ = counted(party, lambda: self.call(party, state))
+            for _ in range(opts.warmup - 2):
                 timed(party, lambda: self.call(party, state))
-            tc = [timed(party, lambda: self.call(party, state))[:2] for _ in range(opts.reps)]
-        row.update(times=[t for t, _ in tc], cpu=[c for _, c in tc], comm=stats, setup_s=setup_s)
+            tc = [timed(party, lambda: self.call(party, state))[:3] for _ in range(opts.reps)]
+        row.update(
+            times=[t for t, _, _ in tc],
+            cpu=[c for _, c, _ in tc],
+            dealer_wait=[d for _, _, d in tc],
+            comm=stats,
+            comm_second=second,
+            setup_s=setup_s,
+            rss_before_mb=rss_before,
+            peak_rss_mb=peak_rss_mb()[1],
+        )
         return row
 
 
@@ -422,6 +489,149 @@ class LSTMInference(Inference):
         return errors(reveal_exact(party, out), state[2])
 
 
+# --------------------------------------------------------------------------- transformer
+class LiteOps:
+    """``workloads.transformer_layer``'s ``ops`` interface on ``MPCTensor`` s.
+
+    ``MPCTensor`` is a torch tensor, so each op is the torch call on it, exactly as the peer's
+    ``TorchOps`` reference writes it, dispatched to crypten_lite's protocols: ``torch.matmul``
+    is a Beaver matrix product (batched for the heads), the reshapes and transposes are local,
+    ``softmax``, ``rsqrt`` and the two GELUs are the library's approximations (GELU as
+    ``F.gelu`` with ``approximate="none"`` / ``"tanh"``: its one-shot protocol, as CrypTen's
+    runner uses CrypTen's ``erf`` / ``tanh``). Plain tensors (the causal mask, the scale) are
+    public operands.
+    """
+
+    matmul = staticmethod(torch.matmul)
+
+    @staticmethod
+    def split_heads(t: torch.Tensor, h: int) -> torch.Tensor:
+        b, s, hd = t.shape
+        return t.reshape(b, s, h, hd // h).permute(0, 2, 1, 3)
+
+    @staticmethod
+    def merge_heads(t: torch.Tensor) -> torch.Tensor:
+        b, h, s, d = t.shape
+        return t.permute(0, 2, 1, 3).reshape(b, s, h * d)
+
+    @staticmethod
+    def transpose_last2(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(-2, -1)
+
+    @staticmethod
+    def mean_last(t: torch.Tensor) -> torch.Tensor:
+        return t.mean(-1, keepdim=True)
+
+    @staticmethod
+    def softmax_last(t: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(t, dim=-1)
+
+    rsqrt = staticmethod(torch.rsqrt)
+
+    @staticmethod
+    def gelu_erf(t: torch.Tensor) -> torch.Tensor:
+        return F.gelu(t)
+
+    @staticmethod
+    def gelu_tanh(t: torch.Tensor) -> torch.Tensor:
+        return F.gelu(t, approximate="tanh")
+
+
+def encrypt_transformer(
+    party: Party, spec: dict[str, Any]
+) -> tuple[MPCTensor, dict[str, MPCTensor], torch.Tensor | None, torch.Tensor]:
+    """The peer's seeded weights (each shared by party 0), input (party 1), public mask, and
+    the plaintext reference: ``(x, params, mask, ref)``."""
+    p, x = W.transformer_params(spec), W.transformer_input(spec)
+    ref = W.transformer_ref(spec, x, p)
+    cp = {n: _encrypt(p[n], MODEL_OWNER, party) for n in W.PARAM_ORDER}
+    cx = _encrypt(x, DATA_OWNER, party)
+    mask = W.causal_mask(spec["seq"]) if spec["causal"] else None
+    return cx, cp, mask, ref
+
+
+class Transformer(Timed):
+    """A layer of ``workloads.TRANSFORMER``: ``transformer_layer(LiteOps, ...)``."""
+
+    group = "transformer"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def spec(self) -> dict[str, Any]:
+        return next(s for s in W.TRANSFORMER if s["name"] == self.name)
+
+    @property
+    def desc(self) -> str:
+        s = self.spec()
+        return (
+            f"{s['arch']} layer ({'pre' if s['pre_ln'] else 'post'}-LN, {s['gelu']} GELU"
+            f"{', causal' if s['causal'] else ''}), seq {s['seq']}, hidden {s['hidden']}"
+        )
+
+    def plain(self, reps: int, warmup: int) -> dict[str, Any]:
+        spec = self.spec()
+        p, x = W.transformer_params(spec), W.transformer_input(spec)
+        return time_plain(lambda: W.transformer_ref(spec, x, p), reps, warmup)
+
+    def prepare(self, party: Party, opts: Options) -> Any:
+        return (self.spec(), *encrypt_transformer(party, self.spec()))
+
+    def call(self, party: Party, state: Any) -> Out:
+        spec, cx, cp, mask, _ = state
+        return W.transformer_layer(LiteOps, spec, cx, cp, mask)  # type: ignore[no-any-return]
+
+    def check(self, party: Party, out: Out, state: Any) -> dict[str, Any]:
+        ref = state[-1].double()
+        got = reveal_exact(party, out)
+        row = errors(got, ref)
+        row["rel_l2_err"] = float((got - ref).norm() / ref.norm())
+        return row
+
+
+# --------------------------------------------------------------------------- ResNet-18
+def resnet18() -> torch.nn.Module:
+    """ResNet-18 (BasicBlocks 2-2-2-2, width 64, 10 classes) of ``RESNET_FILE``, seeded like
+    the peer's models (``W.seeded_model``, offset 70), eval mode."""
+    spec = importlib.util.spec_from_file_location("crypten_lite_tests_resnet", RESNET_FILE)
+    if spec is None or spec.loader is None or not RESNET_FILE.is_file():
+        raise FileNotFoundError(f"resnet18_b1 needs the ResNet class of {RESNET_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return W.seeded_model(lambda: module.ResNet((2, 2, 2, 2), 64), 70)  # type: ignore[no-any-return]
+
+
+class ResNet18(Inference):
+    """``resnet18_b1``: :func:`resnet18` on a ``N(0, 1)`` 1x3x32x32 input (``W.gen(71)``); with
+    ``reuse_masks``, ``reuse_weight_masks`` is on before the first pass (which then opens the
+    weights' masks: the second pass shows what reuse saves)."""
+
+    group = "large"
+
+    def __init__(self, reuse_masks: bool = False) -> None:
+        self.base = "resnet18_b1"
+        self.reuse_masks = reuse_masks
+        self.extra = True
+        self.name = f"{self.base}_reuse" if reuse_masks else self.base
+
+    @property
+    def desc(self) -> str:
+        extra = ", reuse_weight_masks" if self.reuse_masks else ""
+        return f"ResNet-18 (BasicBlock, 7x7 stem), eval, 1x3x32x32{extra}"
+
+    def model_and_input(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        return resnet18(), torch.randn(1, 3, 32, 32, generator=W.gen(71))
+
+    def prepare(self, party: Party, opts: Options) -> Any:
+        model, x = self.model_and_input()
+        with torch.no_grad():
+            ref = model(x)
+        crypten_lite.encrypt_module(model, src=MODEL_OWNER, party=party)
+        if self.reuse_masks:
+            crypten_lite.nn.reuse_weight_masks(model)
+        return model, _encrypt(x, DATA_OWNER, party), ref
+
+
 # --------------------------------------------------------------------------- training
 class Training:
     """SGD training of ``workloads.LOGREG`` or ``MLP_TRAIN`` with unmodified torch code."""
@@ -513,7 +723,7 @@ class Training:
         model, step = trainer()
         times, cpus, losses = [], [], []
         for xb, yb in batches:
-            t, c, loss = timed(party, lambda: step(xb, yb))  # noqa: B023
+            t, c, _, loss = timed(party, lambda: step(xb, yb))  # noqa: B023
             times.append(t)
             cpus.append(c)
             losses.append(loss)
@@ -553,15 +763,31 @@ WORKLOADS: dict[str, Any] = {
     "lstm_b16_reuse": LSTMInference(reuse_masks=True),
     "logreg": Training("logreg"),
     "mlp_train": Training("mlp_train"),
+    "bert_layer_s128": Transformer("bert_layer_s128"),
+    "gpt2_layer_s64": Transformer("gpt2_layer_s64"),
+    "resnet18_b1": ResNet18(),
+    "resnet18_b1_reuse": ResNet18(reuse_masks=True),
 }
 
 
 def party_main(names: list[str], reps: int, warmup: int, level: str, peer_dir: str) -> Any:
-    """Run the named workloads on this party (inside ``crypten_lite.launch``)."""
+    """Run the named workloads on this party (inside ``crypten_lite.launch``); the results by
+    name, and under ``"__session__"`` the settings this party ran with."""
     load_peer(peer_dir)
     party = crypten_lite.get_party()
     opts = Options(reps=reps, warmup=warmup, level=level)
-    return {name: WORKLOADS[name].measure(party, opts) for name in names}
+    out: dict[str, Any] = {name: WORKLOADS[name].measure(party, opts) for name in names}
+    cfg = party.config
+    out[SESSION_KEY] = dict(
+        truncation=cfg.truncation,
+        protocol=cfg.protocol,
+        dealer=cfg.dealer,
+        world_size=party.world_size,
+    )
+    return out
+
+
+SESSION_KEY = "__session__"
 
 
 # --------------------------------------------------------------------------- plaintext
@@ -652,16 +878,33 @@ class LoadMonitor:
 
 
 # --------------------------------------------------------------------------- merging
-def _comm_fields(c0: dict[str, Any], c1: dict[str, Any], suffix: str = "") -> dict[str, Any]:
-    """Our communication fields (the peer's names where it has them)."""
-    return {
-        f"bytes_sent{suffix}_rank0": c0["bytes_sent"],
-        f"bytes_sent{suffix}_rank1": c1["bytes_sent"],
+def _comm_fields(comms: list[dict[str, Any]], suffix: str = "") -> dict[str, Any]:
+    """Our communication fields, per party (the peer's names where it has them), with the
+    online (party link) and offline (dealer link) split."""
+    c0 = comms[0]
+    out: dict[str, Any] = {
         f"party_bytes_sent{suffix}_rank0": c0["party_bytes_sent"],
         f"dealer_bytes{suffix}_rank0": c0["dealer_bytes_sent"] + c0["dealer_bytes_received"],
         f"dealer_round_trips{suffix}_rank0": c0["dealer_round_trips"],
         f"comm_time_s{suffix}_rank0": c0["comm_time_s"],
     }
+    for r, c in enumerate(comms):
+        out.update(
+            {
+                f"bytes_sent{suffix}_rank{r}": c["bytes_sent"],
+                f"online_rounds{suffix}_rank{r}": c["rounds"],
+                f"online_bytes{suffix}_rank{r}": c["party_bytes_sent"] + c["party_bytes_received"],
+                f"online_wait_s{suffix}_rank{r}": c["online_wait_s"],
+                f"offline_messages{suffix}_rank{r}": c["dealer_messages"],
+                f"offline_bytes{suffix}_rank{r}": c["dealer_bytes_sent"]
+                + c["dealer_bytes_received"],
+                f"offline_wait_s{suffix}_rank{r}": c["dealer_wait_s"],
+            }
+        )
+    return out
+
+
+PER_PARTY_KEYS = ("times", "cpu", "dealer_wait", "comm", "comm_second", "rss_before_mb")
 
 
 def merge_timed(
@@ -670,23 +913,36 @@ def merge_timed(
     """Per-rep max over parties, then the median; comm of one call; the peer's row layout."""
     rows = {}
     for name, r0 in per_rank[0].items():
-        r1 = per_rank[1][name]
-        reps = [max(ts) for ts in zip(*(r[name]["times"] for r in per_rank), strict=True)]
-        cpu = [sum(cs) for cs in zip(*(r[name]["cpu"] for r in per_rank), strict=True)]
-        c0, c1 = r0["comm"], r1["comm"]
-        row = {k: v for k, v in r0.items() if k not in ("times", "cpu", "comm")}
+        parts = [r[name] for r in per_rank]
+        reps = [max(ts) for ts in zip(*(p["times"] for p in parts), strict=True)]
+        # Every round waits for the slowest party, so party 0's dealer waits delay the others
+        # too: the online estimate takes the longest dealer wait off the slowest party's time.
+        waits = [max(ds) for ds in zip(*(p["dealer_wait"] for p in parts), strict=True)]
+        online = [max(0.0, t - d) for t, d in zip(reps, waits, strict=True)]
+        cpu = [sum(cs) for cs in zip(*(p["cpu"] for p in parts), strict=True)]
+        comms, seconds = [p["comm"] for p in parts], [p["comm_second"] for p in parts]
+        row = {k: v for k, v in r0.items() if k not in (*PER_PARTY_KEYS, "peak_rss_mb")}
         row.update(
             mpc_median_s=statistics.median(reps),
             mpc_min_s=min(reps),
             mpc_max_s=max(reps),
             mpc_reps_s=reps,
+            mpc_online_median_s=statistics.median(online),
+            dealer_wait_median_s=statistics.median(waits),
             mpc_cpu_median_s=statistics.median(cpu),
-            rounds=c0["rounds"],
-            bytes_rank0=c0["bytes_sent"] + c0["bytes_received"],
-            bytes_rank1=c1["bytes_sent"] + c1["bytes_received"],
-            rounds_rank1=c1["rounds"],
-            **_comm_fields(c0, c1),
-            first_call_s_rank0=c0["elapsed_s"],
+            rounds=comms[0]["rounds"],
+            **{
+                f"bytes_rank{r}": c["bytes_sent"] + c["bytes_received"] for r, c in enumerate(comms)
+            },
+            **{f"rounds_rank{r}": c["rounds"] for r, c in enumerate(comms) if r},
+            **_comm_fields(comms),
+            first_call_s=max(c["elapsed_s"] for c in comms),
+            first_call_s_rank0=comms[0]["elapsed_s"],
+            second_call_s=max(c["elapsed_s"] for c in seconds),
+            second_rounds=seconds[0]["rounds"],
+            **_comm_fields(seconds, "_second"),
+            **{f"peak_rss_mb_rank{r}": p["peak_rss_mb"] for r, p in enumerate(parts)},
+            **{f"rss_before_mb_rank{r}": p["rss_before_mb"] for r, p in enumerate(parts)},
             **plain[name],
         )
         row["ratio"] = row["mpc_median_s"] / row["plain_median_s"]
@@ -717,8 +973,8 @@ def merge_training(
     rows = {}
     for name, r0 in per_rank[0].items():
         r1 = per_rank[1][name]
-        steps = [max(a, b) for a, b in zip(r0["step_times"], r1["step_times"], strict=True)]
-        cpu = [a + b for a, b in zip(r0["step_cpu"], r1["step_cpu"], strict=True)]
+        steps = [max(t) for t in zip(*(r[name]["step_times"] for r in per_rank), strict=True)]
+        cpu = [sum(c) for c in zip(*(r[name]["step_cpu"] for r in per_rank), strict=True)]
         p = plain[name]
         model = p["model"]
         mpc_model = copy.deepcopy(model)
@@ -732,6 +988,7 @@ def merge_training(
                 for a, b in zip(model.parameters(), mpc_model.parameters(), strict=True)
             )
         c0, c1 = r0["comm_per_step"], r1["comm_per_step"]
+        comms = [r[name]["comm_per_step"] for r in per_rank]
         rows[name] = dict(
             steps=len(steps),
             mpc_step_median_s=statistics.median(steps),
@@ -745,7 +1002,7 @@ def merge_training(
             rounds_per_step=c0["rounds"],
             bytes_per_step_rank0=c0["bytes_sent"] + c0["bytes_received"],
             bytes_per_step_rank1=c1["bytes_sent"] + c1["bytes_received"],
-            **_comm_fields(c0, c1, "_per_step"),
+            **_comm_fields(comms, "_per_step"),
             mpc_losses=r0["losses"],
             plain_losses=p["losses"],
             final_step_loss_mpc=r0["losses"][-1],
@@ -802,6 +1059,39 @@ def print_timed(title: str, rows: dict[str, dict[str, Any]]) -> None:
         )
 
 
+def print_split(rows: dict[str, dict[str, Any]], world_size: int) -> None:
+    """Online (between parties) and offline (dealer link) cost of the first and second call,
+    for every party."""
+    print("\nonline (parties) vs offline (dealer link), per party; first call | second call:")
+    hdr = (
+        f"{'workload':<24} {'rank':>4} {'online rnds':>11} {'online B':>10} {'wait':>9} "
+        f"{'dealer msgs':>11} {'dealer B':>10} {'dealer wait':>11} | {'rnds':>5} "
+        f"{'online B':>10} {'dealer msgs':>11} {'dealer B':>10}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in rows.items():
+        for k in range(world_size):
+            print(
+                f"{name if k == 0 else '':<24} {k:>4} {r[f'online_rounds_rank{k}']:>11} "
+                f"{fmt_b(r[f'online_bytes_rank{k}']):>10} "
+                f"{fmt_s(r[f'online_wait_s_rank{k}']):>9} "
+                f"{r[f'offline_messages_rank{k}']:>11} {fmt_b(r[f'offline_bytes_rank{k}']):>10} "
+                f"{fmt_s(r[f'offline_wait_s_rank{k}']):>11} | "
+                f"{r[f'online_rounds_second_rank{k}']:>5} "
+                f"{fmt_b(r[f'online_bytes_second_rank{k}']):>10} "
+                f"{r[f'offline_messages_second_rank{k}']:>11} "
+                f"{fmt_b(r[f'offline_bytes_second_rank{k}']):>10}"
+            )
+        print(
+            f"{'':<24} time: first call {fmt_s(r['first_call_s'])}, second "
+            f"{fmt_s(r['second_call_s'])}, median {fmt_s(r['mpc_median_s'])} (online "
+            f"{fmt_s(r['mpc_online_median_s'])}); peak RSS "
+            + " / ".join(f"{r[f'peak_rss_mb_rank{k}']:.0f}" for k in range(world_size))
+            + " MiB"
+        )
+
+
 def print_training(title: str, rows: dict[str, dict[str, Any]]) -> None:
     print(f"\n== {title} ==")
     for name, r in rows.items():
@@ -822,16 +1112,25 @@ def print_training(title: str, rows: dict[str, dict[str, Any]]) -> None:
 
 
 # --------------------------------------------------------------------------- driver
+def session_config(args: argparse.Namespace) -> crypten_lite.Config:
+    """The parties' settings: the ``CRYPTEN_LITE_*`` environment with ``--truncation`` and
+    ``--protocol`` applied (``launch`` sets ``dealer`` and ``transport`` itself)."""
+    overrides = dict(truncation=args.truncation, protocol=args.protocol)
+    return crypten_lite.config_from_env(**{k: v for k, v in overrides.items() if v is not None})
+
+
 def run_parties(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Start the parties over ``args.link`` and run ``party_main`` on each."""
     call_args = (names, args.reps, args.warmup, args.level, str(args.peer_dir))
     dealer = args.provider == "TTP"
+    config = session_config(args)
     if args.link == "ipc":
         return crypten_lite.launch(
             party_main,
-            WORLD_SIZE,
+            args.world_size,
             args=call_args,
             dealer=dealer,
+            config=config,
             threads=args.threads,
             timeout_s=args.timeout,
             quiet=True,
@@ -840,13 +1139,67 @@ def run_parties(names: list[str], args: argparse.Namespace) -> list[dict[str, An
 
     return launch_shaped(
         party_main,
-        WORLD_SIZE,
+        args.world_size,
         args=call_args,
         link=args.link,
         dealer=dealer,
         threads=args.threads,
         timeout_s=args.timeout,
+        config=config,
     )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The last error line of a failed run's report (the parties' tracebacks end with it)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if "Error" in ln or "error" in ln]
+    return lines[-1] if lines else f"{type(exc).__name__}: {exc}"
+
+
+def run_group(
+    group: str, names: list[str], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each party's results for ``names`` and the workloads that failed, with the reason.
+
+    One launch, or one per workload for the groups in ``ONE_LAUNCH_PER_WORKLOAD`` and under
+    the replicated family (whose coverage is still growing: an op it lacks fails only its
+    workload). Checks that every party ran with the requested settings.
+    """
+    per_workload = group in ONE_LAUNCH_PER_WORKLOAD or args.world_size != 2
+    batches = [[n] for n in names] if per_workload else [names]
+    per_rank: list[dict[str, Any]] = [{} for _ in range(args.world_size)]
+    failed: dict[str, str] = {}
+    want = session_config(args)
+    for batch in batches:
+        try:
+            results = run_parties(batch, args)
+        except (PartyFailedError, RuntimeError) as exc:
+            failed.update(dict.fromkeys(batch, failure_reason(exc)))
+            continue
+        for rank, result in enumerate(results):
+            ran = result.pop(SESSION_KEY)
+            if (ran["truncation"], ran["protocol"]) != (want.truncation, want.protocol):
+                raise RuntimeError(
+                    f"party {rank} ran with truncation {ran['truncation']!r}, protocol "
+                    f"{ran['protocol']!r}; asked for {want.truncation!r}, {want.protocol!r}"
+                )
+            per_rank[rank].update(result)
+    return per_rank, failed
+
+
+def protocol_problem(protocol: str, provider: str) -> str | None:
+    """Why ``--protocol`` cannot run here, or ``None``."""
+    if protocol != "replicated":
+        return None
+    if importlib.util.find_spec("crypten_lite.protocols.replicated") is None:
+        return (
+            "this crypten_lite has no replicated protocol family yet (issue 14: "
+            "crypten_lite.protocols.replicated is missing); run --protocol beaver"
+        )
+    if provider == "TTP":
+        return (
+            "the replicated family (3 parties, honest majority) has no dealer: drop --provider TTP"
+        )
+    return None
 
 
 def link_problem(link: str) -> str | None:
@@ -883,7 +1236,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--groups", default=",".join(GROUPS), help="comma list of micro, inference, training"
+        "--groups",
+        default=",".join(DEFAULT_GROUPS),
+        help=f"comma list of {', '.join(GROUPS)} (default: {','.join(DEFAULT_GROUPS)})",
     )
     ap.add_argument("--only", default="", help="comma list of workload names (default: all)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
@@ -903,6 +1258,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "shaped network namespaces (benchmarks/netlink.py; needs root)",
     )
     ap.add_argument(
+        "--truncation",
+        choices=["auto", "dealer", "local"],
+        default=None,
+        help="the parties' CRYPTEN_LITE_TRUNCATION (default: this environment's, else auto)",
+    )
+    ap.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=None,
+        help="the protocol family, CRYPTEN_LITE_PROTOCOL (default: this environment's, else "
+        "beaver: 2 parties; replicated: 3 parties, no dealer)",
+    )
+    ap.add_argument(
         "--level",
         default="api",
         choices=["api", "protocol"],
@@ -920,6 +1288,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", default="", help="write all results to this JSON file")
     args = ap.parse_args(argv)
     args.warmup = max(1, args.warmup)
+    try:
+        config = session_config(args)
+    except ConfigurationError as exc:
+        ap.error(str(exc))
+    args.world_size = PROTOCOLS[config.protocol]
     args.peer_dir = (args.peer_dir or peer_dir_default()).resolve()
     return args
 
@@ -934,6 +1307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = link_problem(args.link)
     if problem is not None:
         print(f"bench.py: --link {args.link} is not available here: {problem}", file=sys.stderr)
+        return 2
+    config = session_config(args)
+    problem = protocol_problem(config.protocol, args.provider)
+    if problem is not None:
+        print(f"bench.py: --protocol {config.protocol}: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     groups = [g for g in args.groups.split(",") if g]
@@ -955,9 +1333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpu=platform.processor() or platform.machine(),
         ncpu=os.cpu_count(),
         threads=args.threads,
-        provider=args.provider,
-        precision_bits=crypten_lite.Config().frac_bits,
-        world_size=WORLD_SIZE,
+        provider=args.provider if config.protocol == "beaver" else "none",
+        precision_bits=config.frac_bits,
+        truncation=config.truncation,
+        protocol=config.protocol,
+        world_size=args.world_size,
         reps=args.reps,
         warmup=args.warmup,
         transport=args.link,
@@ -969,7 +1349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"crypten_lite {env['crypten_lite']} | torch {env['torch']} | {env['ncpu']} cpus | "
-        f"provider {args.provider} | link {args.link} | level {args.level} | {WORLD_SIZE} "
+        f"provider {env['provider']} | protocol {config.protocol} | truncation "
+        f"{config.truncation} | link {args.link} | level {args.level} | {args.world_size} "
         f"parties | threads/party {args.threads} | reps {args.reps} warmup {args.warmup} | "
         f"loadavg {tuple(round(x, 2) for x in env['loadavg_start'])}"
     )
@@ -981,8 +1362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with LoadMonitor(group, args.wait_idle) as mon:
             plain = {n: WORKLOADS[n].plain(args.reps, args.warmup) for n in names}
             t0 = time.perf_counter()
-            per_rank = run_parties(names, args)
+            per_rank, failed = run_group(group, names, args)
             wall = time.perf_counter() - t0
+        for name, reason in failed.items():
+            print(f"[failed] {name}: {reason}", file=sys.stderr)
+        if failed:
+            results[f"failed_{group}"] = failed
         title = f"{group} (MPC part {wall:.1f} s)"
         if group == "training":
             rows = merge_training(per_rank, plain)
@@ -990,6 +1375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rows = merge_timed(per_rank, plain)
             print_timed(title, rows)
+            print_split(rows, args.world_size)
         print(mon.note())
         results[group] = rows
         results[f"load_{group}"] = mon.info
@@ -1000,7 +1386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
         print(f"wrote {args.json}")
-    return 0
+    return 1 if any(k.startswith("failed_") for k in results) else 0
 
 
 if __name__ == "__main__":

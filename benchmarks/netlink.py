@@ -65,6 +65,7 @@ def launch_shaped(
     timeout_s: float = 900.0,
     message_timeout_s: float = 120.0,
     quiet: bool = True,
+    config: crypten_lite.Config | None = None,
 ) -> list[T]:
     """Run ``fn(*args)`` on ``world_size`` parties over ``link``; each party's result, by rank.
 
@@ -76,6 +77,8 @@ def launch_shaped(
         timeout_s: wall-clock limit of the whole run.
         message_timeout_s: ``CRYPTEN_LITE_TIMEOUT`` of the parties.
         quiet: do not print the parties' output (it is in the error on failure).
+        config: the parties' settings (default: this environment's ``CRYPTEN_LITE_*``); its
+            precision, truncation and protocol family reach every party over every link.
 
     Raises:
         RuntimeError: the link cannot be simulated here, or a party failed (the message has
@@ -84,8 +87,8 @@ def launch_shaped(
     reason = link_unavailable(link)
     if reason is not None:
         raise RuntimeError(f"cannot simulate the {link} link: {reason}")
+    config = (config or crypten_lite.config_from_env()).replace(timeout_s=message_timeout_s)
     if link == "loopback":
-        config = crypten_lite.config_from_env(timeout_s=message_timeout_s)
         return crypten_lite.launch(
             fn,
             world_size,
@@ -112,7 +115,15 @@ def launch_shaped(
                 dealer=dealer,
                 timeout_s=message_timeout_s,
                 rendezvous_timeout_s=120.0,
-                extra_env={"CRYPTEN_LITE_NUM_THREADS": str(threads)},
+                # the namespaced ranks start from a clean CRYPTEN_LITE_* environment
+                extra_env={
+                    "CRYPTEN_LITE_NUM_THREADS": str(threads),
+                    **{
+                        k: v
+                        for k, v in config.to_env().items()
+                        if k.endswith(("FRAC_BITS", "TRUNCATION", "PROTOCOL", "MAX_MESSAGE_BYTES"))
+                    },
+                },
             )
             session.start()
             try:

@@ -83,11 +83,30 @@ class CommStats:
     ``rounds`` counts communicator calls this party took part in (a call posts all its messages
     before waiting, so it costs one network latency). Bytes count tensor payload only, the number
     comparable with protocol cost formulas; ``header_bytes`` counts the framing on top.
+
+    ``dealer`` is the part of ``total`` exchanged with the dealer process (on the dealer itself:
+    everything), whatever its tags: the offline material's cost, kept apart so that
+    :attr:`parties` is the online protocol's own traffic between parties.
     """
 
     total: OpStats = field(default_factory=OpStats)
     by_tag: dict[str, OpStats] = field(default_factory=dict)
     header_bytes: int = 0
+    dealer: OpStats = field(default_factory=OpStats)
+
+    @property
+    def parties(self) -> OpStats:
+        """``total`` less the dealer link: traffic between parties only."""
+        out = OpStats()
+        out.add(self.total)
+        d = self.dealer
+        out.rounds -= d.rounds
+        out.messages_sent -= d.messages_sent
+        out.messages_received -= d.messages_received
+        out.bytes_sent -= d.bytes_sent
+        out.bytes_received -= d.bytes_received
+        out.wait_s -= d.wait_s
+        return out
 
     def _tag(self, tag: str) -> OpStats:
         # Hot path (several calls per message): a dict hit for tags seen before.
@@ -104,27 +123,31 @@ class CommStats:
         self.total = OpStats()
         self.by_tag = {}
         self.header_bytes = 0
+        self.dealer = OpStats()
 
-    def _on_send(self, tag: str, nbytes: int, header_bytes: int) -> None:
-        for stats in (self.total, self._tag(tag)):
+    def _on_send(self, tag: str, nbytes: int, header_bytes: int, dealer: bool = False) -> None:
+        for stats in (self.total, self._tag(tag), *((self.dealer,) if dealer else ())):
             stats.messages_sent += 1
             stats.bytes_sent += nbytes
         self.header_bytes += header_bytes
 
-    def _on_recv(self, tag: str, nbytes: int, waited: float) -> None:
-        for stats in (self.total, self._tag(tag)):
+    def _on_recv(self, tag: str, nbytes: int, waited: float, dealer: bool = False) -> None:
+        for stats in (self.total, self._tag(tag), *((self.dealer,) if dealer else ())):
             stats.messages_received += 1
             stats.bytes_received += nbytes
             stats.wait_s += waited
 
-    def _on_round(self, tag: str) -> None:
+    def _on_round(self, tag: str, dealer: bool = False) -> None:
         self.total.rounds += 1
         self._tag(tag).rounds += 1
+        if dealer:
+            self.dealer.rounds += 1
 
     def snapshot(self) -> CommStats:
         """An independent copy of the current counters."""
         copy = CommStats(header_bytes=self.header_bytes)
         copy.total.add(self.total)
+        copy.dealer.add(self.dealer)
         for tag, stats in self.by_tag.items():
             copy._tag(tag).add(stats)
         return copy
@@ -213,6 +236,10 @@ class Communicator(ABC):
         """How error messages name this process."""
         return self._name(self.rank)
 
+    def _dealer_link(self, peer: int) -> bool:
+        """Whether a message to or from ``peer`` crosses the dealer link (counted apart)."""
+        return self.has_dealer and self.world_size in (peer, self.rank)
+
     def _check_peer(self, peer: int, what: str) -> None:
         last = self.world_size if self.has_dealer else self.world_size - 1
         if not 0 <= peer <= last or peer == self.rank:
@@ -229,7 +256,7 @@ class Communicator(ABC):
         header = encode_header(self.rank, seq, tag, tensor.dtype, tuple(tensor.shape))
         self._sent_seq[dst] = seq + 1
         self._post(dst, header, payload)
-        self.stats._on_send(tag, payload.nbytes, len(header))
+        self.stats._on_send(tag, payload.nbytes, len(header), self._dealer_link(dst))
 
     def _recv_one(self, src: int, tag: str) -> torch.Tensor:
         expected = self._recv_seq.get(src, 0)
@@ -255,7 +282,7 @@ class Communicator(ABC):
                 f"{self._name(header.sender)}"
             )
         self._recv_seq[src] = expected + 1
-        self.stats._on_recv(tag, header.nbytes, waited)
+        self.stats._on_recv(tag, header.nbytes, waited, self._dealer_link(src))
         return tensor
 
     # ----------------------------------------------------------------- point to point
@@ -263,7 +290,7 @@ class Communicator(ABC):
         """Send one tensor to ``dst`` (a party or the dealer). One round."""
         self._check_peer(dst, "send to")
         self._send_one(dst, tensor, tag)
-        self.stats._on_round(tag)
+        self.stats._on_round(tag, self._dealer_link(dst))
         self._round_done()
 
     def recv(self, src: int, tag: str) -> torch.Tensor:
@@ -275,7 +302,7 @@ class Communicator(ABC):
         """
         self._check_peer(src, "receive from")
         tensor = self._recv_one(src, tag)
-        self.stats._on_round(tag)
+        self.stats._on_round(tag, self._dealer_link(src))
         self._round_done()
         return tensor
 
@@ -360,7 +387,7 @@ class Communicator(ABC):
             ]
         else:
             self._send_one(dst, tensor, tag)
-        self.stats._on_round(tag)
+        self.stats._on_round(tag, self._dealer_link(dst))
         self._round_done()
         return result
 
