@@ -60,10 +60,8 @@ from __future__ import annotations
 from crypten_lite.protocols.activations import (
     erf,
     gelu,
-    log_softmax,
     sigmoid,
     silu,
-    softmax,
     tanh,
 )
 from crypten_lite.protocols.elementary import (
@@ -79,6 +77,7 @@ from crypten_lite.protocols.elementary import (
     sqrt,
 )
 from crypten_lite.protocols.moments import standardize
+from crypten_lite.protocols.softmax import log_softmax, softmax
 
 __all__ = [
     "cos",

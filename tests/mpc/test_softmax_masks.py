@@ -59,10 +59,19 @@ def test_softmax_any_length_and_spread(n: int, world_size: int, run_parties: Run
         assert ((lsm - ref).abs() <= 2e-4 + ref.abs() * 2.0**-50).all()
 
 
-def test_softmax_rounds(run_parties: Run) -> None:
-    """2 parties, local truncation: 5 L + 17 rounds for L row-max levels (main before: 25, 34,
-    39); the exact default adds its truncation rounds (pinned in test_truncation_default)."""
-    shapes = {(4, 10): 22, (4, 64): 27, (2, 128): 32}
+@pytest.mark.parametrize(
+    ("truncation", "shapes"),
+    [
+        # row max (5 / 10 / 14 rounds) + segment exp 6 + quotient 7 + 1 settle
+        ("auto", {(4, 10): 19, (4, 64): 24, (2, 128): 28, (3, 2): 14}),
+        ("local", {(4, 10): 18, (4, 64): 23, (2, 128): 27, (3, 2): 13}),
+    ],
+)
+def test_softmax_rounds(
+    truncation: str, shapes: dict[tuple[int, int], int], run_parties: Run
+) -> None:
+    """2 parties: ``L + 14`` rounds for a row max of ``L`` rounds (before this change: 26, 31,
+    36 exact; 22, 27, 32 local); ``n = 2`` compares no row sum (4 + 6 + 3 + 1 = 14)."""
 
     def fn(party: Party) -> dict[tuple[int, int], int]:
         got = {}
@@ -73,7 +82,7 @@ def test_softmax_rounds(run_parties: Run) -> None:
             got[shape] = party.comm.stats.total.rounds - before
         return got
 
-    for res in run_parties(fn, 2, truncation="local"):
+    for res in run_parties(fn, 2, truncation=truncation):
         assert res == shapes
 
 
