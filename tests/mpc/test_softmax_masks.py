@@ -196,3 +196,33 @@ def test_zero_dim_softmax(run_parties: Run) -> None:
 
     for res in run_parties(body, 2):
         assert res == [1.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("dealer", "truncation", "world"),
+    [("ttp", "auto", 2), ("tfp", "local", 2), ("ttp", "auto", 3)],
+)
+def test_softmax_segments_dealer_and_truncation(
+    dealer: str, truncation: str, world: int, run_parties: Run
+) -> None:
+    """The dealer process and the 2-party local truncation give the same accuracy: rows whose
+    scores sit at every segment of the exp (0 .. -24 below the maximum, and below), a causal
+    additive mask of -64 as in the GPT-2 workload, and a tied maximum."""
+    g = torch.Generator().manual_seed(11)
+    n = 40
+    x = torch.linspace(0.0, -30.0, n, dtype=torch.float64).repeat(3, 1)
+    x[1] = torch.randn(n, generator=g, dtype=torch.float64) * 6
+    x[2] = torch.randn(n, generator=g, dtype=torch.float64) * 2
+    x[2, n // 2 :] += -64.0  # the workload's causal mask value
+    x[1, :2] = x[1].max() + 1.0  # a tie at the top
+
+    def fn(party: Party) -> torch.Tensor:
+        sx = share(x if party.rank == 0 else None, 0, party, shape=x.shape)
+        (out,) = open_shares([A.softmax(sx, party, -1)], party)  # type: ignore[misc]
+        return decode(out, 16, torch.float64)
+
+    ref = torch.softmax(_enc(x), -1)
+    for got in run_parties(fn, world, dealer=dealer, truncation=truncation):
+        assert (got - ref).abs().max() <= 2e-4
+        assert got[2, n // 2 :].abs().max() == 0  # masked: exactly 0
+        assert got[0, -5:].abs().max() == 0  # more than 24 below the maximum: exactly 0
