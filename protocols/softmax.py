@@ -5,8 +5,8 @@
 1. **Row max** ``M`` (:func:`~crypten_lite.protocols.reduction.max_dim`), exact, so
    ``z = x - M <= 0`` with equality at the maximum and ``s`` lies in ``[1, n]``.
 2. **exp by segments** (:func:`_exp_segments`, 6 rounds with the clamp included): one
-   comparison of ``z`` against ``-4, -8, ..., -24`` (one opening serves all six) tells each
-   element its segment ``j`` (``z + 4 j`` in ``[-4, 0]``) or ``below`` (``z < -24``); then
+   comparison of ``z`` against ``-4, -8, -12, -16`` (one opening serves all four) tells each
+   element its segment ``j`` (``z + 4 j`` in ``[-4, 0]``) or ``below`` (``z < -16``); then
    ``exp(z) = e**(-4 j) p(t)`` with ``t = (z + 4 j) / 2 + 1`` in ``[-1, 1]`` and ``p`` a
    degree-7 fit. The segment weight ``g = e**(-4 j)`` (0 for ``below``) is a public weight of
    the injected one-hot, so ``g`` and ``g t`` are local, ``t**2`` comes from a square whose
@@ -53,7 +53,7 @@ __all__ = ["log_softmax", "softmax"]
 Tensor = torch.Tensor
 
 _WIDTH = 4  # segment width: t = (z + 4 j) / 2 + 1 is an exact shift of z
-_SEGMENTS = 6  # thresholds -4 .. -24; below -24 exp is 0 (e**-24 = 3.8e-11)
+_SEGMENTS = 4  # thresholds -4 .. -16; below -16 exp is taken as 0 (e**-16 = 1.1e-7)
 _EXTRA = 2  # the exponentials' working scale S = f + 2
 _COEFF_BITS = 16
 
@@ -128,13 +128,13 @@ def _exp_coeffs() -> tuple[float, ...]:
 
 
 def _exp_segments(z: Tensor, party: Party) -> Operand:
-    """``[exp(z)]`` for ``z <= 0`` (exactly 0 below -24) at scale ``S = f + 2``, pending.
+    """``[exp(z)]`` for ``z <= 0`` (exactly 0 below -16) at scale ``S = f + 2``, pending.
 
-    1. One dealer batch: comparison material for 6 thresholds and a square ``[u], [u**2]``.
-       :func:`~crypten_lite.protocols.msb.sign_bits` of ``z`` against ``-4 j`` (``j = 1..6``)
+    1. One dealer batch: comparison material for 4 thresholds and a square ``[u], [u**2]``.
+       :func:`~crypten_lite.protocols.msb.sign_bits` of ``z`` against ``-4 j`` (``j = 1..4``)
        opens ``z + r`` and, in the same message, ``u - [u]`` for ``u = z / 2 + 1``
        (3 rounds).
-    2. One injection round turns the segment rows (``[-8, -4)`` ... ``[-24, -20)``, below)
+    2. One injection round turns the segment rows (``[-8, -4)`` ... ``[-16, -12)``, below)
        into arithmetic 0/1 ``seg_j`` and gives ``seg_j z`` by the opened ``z + r``; the top
        segment is what the others leave (local).
     3. Local: ``k = sum j seg_j``; ``t = u + 2 k`` (exact shifts);
@@ -145,12 +145,17 @@ def _exp_segments(z: Tensor, party: Party) -> Operand:
        ``(g t**2)(c2 + c3 t)`` and ``(c4 g + c5 g t + c6 g t**2 + c7 g t**3) t**4``; their sum
        with step 3's ``c0 g + c1 g t`` is ``g p(t)``.
 
-    Elements below -24 have ``g = 0`` exactly, so every term is an exact 0 however large
+    Elements below -16 have ``g = 0`` exactly, so every term is an exact 0 however large
     ``z`` is (the products are exact in the ring; an exact 0 truncates to 0). No clamp.
 
-    Error: relative ``4.5e-5`` (the fit) plus a few ulps at ``S = f + 2``; exactly 0 below -24.
+    Why four segments and a floor of -16: each threshold costs about as much computation as a
+    whole comparison (a wider segment needs a polynomial of higher degree, one more round),
+    and ``e**-16 = 1.1e-7`` dropped per element moves a softmax probability by at most
+    ``n e**-16`` (``1.1e-4`` at ``n = 1024``, within the documented error).
+
+    Error: relative ``4.5e-5`` (the fit) plus a few ulps at ``S = f + 2``; exactly 0 below -16.
     Cost: 6 rounds (2 parties; the two product rounds leave their truncations pending); each
-    party sends ``8 + 8 + 6 * 5 + 6 / 8`` bytes per element in steps 1-2 and 56 in step 4.
+    party sends ``8 + 8 + 4 * 5 + 4 / 8`` bytes per element in steps 1-2 and 56 in step 4.
     Security: semi-honest; as sign_bits, bit injection and the fused products.
     Reference: segment-wise polynomial exp after a comparison, as in piecewise approximations
     (SecureML, S&P'17; PUMA, 2023); the exp's range ``[-R, 0]`` after max subtraction as in
@@ -161,7 +166,7 @@ def _exp_segments(z: Tensor, party: Party) -> Operand:
     n = z.numel()
     n_pad = padded(max(n, 1))
     flat = F.pad(z.reshape(-1), (0, n_pad - n))
-    thresholds = [public_threshold(-float(_WIDTH * j), f, strict=True) for j in range(1, 7)]
+    thresholds = [public_threshold(-float(_WIDTH * j), f, strict=True) for j in range(1, _SEGMENTS + 1)]
     u = flat << (S - f - 1)  # u = z / 2 + 1 at scale S
     if party.rank == 0:
         u = u + (1 << S)
@@ -327,9 +332,11 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
 
     Domain: any inputs whose pairwise differences fit the ring (``|x| < 2**(62 - f)``), any
     row length ``n`` up to ``2**20``. Masked positions (a public mask saturated to
-    ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`, or any score more than 24 below the
-    row's maximum) get exactly 0. Error: below ``2e-4`` absolute per output for every spread
-    (exp's relative ``4.5e-5``, the reciprocal's ``5.2e-5``, rounding at ``f + 2`` bits).
+    ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`, the workloads' ``-64``, or any score
+    more than 16 below the row's maximum) get exactly 0. Error: below ``2e-4`` absolute per
+    output for every spread and ``n <= 1024`` (measured ``8e-5``, 2 and 3 parties, spreads up
+    to ``2**45``: exp's relative ``4.5e-5``, the reciprocal's ``5.2e-5``, rounding at
+    ``f + 2`` bits; the scores dropped below -16 add at most ``n e**-16``).
 
     Cost (2 parties, exact truncation): ``L + 14`` rounds for a row max of ``L`` rounds: 19
     for ``n <= 10``, 24 for ``n <= 100``, 28 for ``n = 128`` (before: 26, 31, 36; CrypTen:

@@ -225,4 +225,20 @@ def test_softmax_segments_dealer_and_truncation(
     for got in run_parties(fn, world, dealer=dealer, truncation=truncation):
         assert (got - ref).abs().max() <= 2e-4
         assert got[2, n // 2 :].abs().max() == 0  # masked: exactly 0
-        assert got[0, -5:].abs().max() == 0  # more than 24 below the maximum: exactly 0
+        assert got[0, -5:].abs().max() == 0  # more than 16 below the maximum: exactly 0
+
+
+def test_softmax_floor_worst_case(run_parties: Run) -> None:
+    """Scores just below the exp's floor (16 under the maximum) are dropped: over a row of
+    1024 the maximum's probability moves by ``1023 e**-16 = 1.1e-4``, within the bound."""
+    x = torch.full((1, 1024), -16.01, dtype=torch.float64)
+    x[0, 0] = 0.0
+
+    def fn(party: Party) -> torch.Tensor:
+        sx = share(x if party.rank == 0 else None, 0, party, shape=x.shape)
+        (out,) = open_shares([A.softmax(sx, party, -1)], party)  # type: ignore[misc]
+        return decode(out, 16, torch.float64)
+
+    ref = torch.softmax(_enc(x), -1)
+    for got in run_parties(fn, 2):
+        assert (got - ref).abs().max() <= 2e-4
