@@ -166,7 +166,9 @@ def _exp_segments(z: Tensor, party: Party) -> Operand:
     n = z.numel()
     n_pad = padded(max(n, 1))
     flat = F.pad(z.reshape(-1), (0, n_pad - n))
-    thresholds = [public_threshold(-float(_WIDTH * j), f, strict=True) for j in range(1, _SEGMENTS + 1)]
+    thresholds = [
+        public_threshold(-float(_WIDTH * j), f, strict=True) for j in range(1, _SEGMENTS + 1)
+    ]
     u = flat << (S - f - 1)  # u = z / 2 + 1 at scale S
     if party.rank == 0:
         u = u + (1 << S)
