@@ -306,9 +306,14 @@ def _f(party: Party, share_: torch.Tensor) -> tuple[torch.Tensor, int]:
     return share_, party.frac_bits
 
 
+def _prod(op: str, party: Party, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A fixed-point product of two scale-f sharings: truncated by f bits."""
+    return _f(party, A.product(op, x, y, party, shift=party.frac_bits))
+
+
 MICRO: list[Micro] = [
-    Micro("mul_1e6", lambda p, x, y: _f(p, A.mul(x, y, p))),
-    Micro("matmul_256", lambda p, x, y: _f(p, A.matmul(x, y, p))),
+    Micro("mul_1e6", lambda p, x, y: _prod("mul", p, x, y)),
+    Micro("matmul_256", lambda p, x, y: _prod("matmul", p, x, y)),
     Micro("lt_1e5", lambda p, x, y: (comparison.lt(x, y, p), 0)),
     Micro("relu_1e5", lambda p, x: _f(p, comparison.relu(x, p)[0])),
     Micro("exp_1e4", lambda p, x: _f(p, elementary.exp(x, p))),
@@ -318,11 +323,11 @@ MICRO: list[Micro] = [
     Micro("softmax_128x10", lambda p, x: _f(p, activations.softmax(x, p, dim=1))),
     Micro(
         "conv2d_1x1x28x28_6x5x5",
-        lambda p, x, w: _f(p, A.conv2d(x, w, p)),
+        lambda p, x, w: _prod("conv2d", p, x, w),
         api=lambda x, w: F.conv2d(x, w),  # the peer's api is CrypTen's x.conv2d(w)
     ),
-    Micro("mul_1", lambda p, x, y: _f(p, A.mul(x, y, p))),
-    Micro("add_1", lambda p, x, y: _f(p, A.add(x, y))),
+    Micro("mul_1", lambda p, x, y: _prod("mul", p, x, y)),
+    Micro("add_1", lambda p, x, y: _f(p, x + y)),
 ]
 
 

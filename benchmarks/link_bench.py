@@ -46,8 +46,8 @@ def _inputs(shape_x: tuple[int, ...], shape_y: tuple[int, ...]) -> tuple[torch.T
 
 # name -> (operand shapes, the timed protocol call on shares)
 WORKLOADS: dict[str, tuple[tuple[tuple[int, ...], ...], Callable[..., Any]]] = {
-    "mul 1e5": (((100_000,), (100_000,)), lambda p, x, y: A.mul(x, y, p)),
-    "matmul 256": (((256, 256), (256, 256)), lambda p, x, y: A.matmul(x, y, p)),
+    "mul 1e5": (((100_000,), (100_000,)), lambda p, x, y: A.product("mul", x, y, p, shift=p.frac_bits)),
+    "matmul 256": (((256, 256), (256, 256)), lambda p, x, y: A.product("matmul", x, y, p, shift=p.frac_bits)),
     "relu 1e4": (((10_000,), (1,)), lambda p, x, y: C.relu(x, p)[0]),  # y unused
 }
 

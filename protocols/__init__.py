@@ -19,7 +19,7 @@ protocol, cost, security argument and paper (what a new protocol must be built f
 Compositions — built from the primitives above only, no messages of their own:
 
 =================  ============================================================================
-``arithmetic``     linear ops and products with truncation (``beaver`` + ``truncation``)
+``arithmetic``     ring-level products truncated by a given bit count, public division (``beaver`` + ``truncation``)
 ``comparison``     ``ltz``, ``relu``, ``eq``, ``clamp``, ... (``sign_bits`` + bit injection)
 ``reduction``      ``max`` / ``argmax`` by tournament or all-pairs comparison
 ``pooling``        max pooling and its backward

@@ -6,7 +6,7 @@ broadcasting, batched ``matmul``, ``conv1d``/``conv2d``, ``conv_transpose1d``/``
 ``einsum``). The
 result is at the sum of both inputs' scales (``2f`` for two fixed-point inputs); truncation is
 the caller's step (:mod:`crypten_lite.protocols.truncation`,
-:func:`crypten_lite.protocols.arithmetic.bilinear`).
+:func:`crypten_lite.protocols.arithmetic.product`).
 
 The online formula used everywhere here is ``[z] = [c] + op(eps, [b]) + op([x], delta)``; summed
 over the parties it is ``op(a, b) + op(x - a, b) + op(x, y - b) = op(x, y)``. Compared with the

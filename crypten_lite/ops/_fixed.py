@@ -1,50 +1,159 @@
-"""Layer L4: fixed-point arithmetic on operands of any kind, calling the L3 protocols.
+"""Layer L4: the one owner of fixed-point policy — operands, scales and public encodings.
 
-Every op family builds on these: they take encrypted tensors, plain tensors or numbers, pick the
-cheapest protocol for the mix (public x public: plaintext; secret x integer public: exact, local;
-secret x real public: local product and one truncation; secret x secret: a Beaver product) and
-track scales: float32 operands carry ``f`` fractional bits, int64/bool operands (comparison
-results, secret indices) carry none, so a product with a 0/1 mask needs no truncation at all.
+Every op sees a mix of operands: encrypted tensors (secret), encrypted tensors every party knows
+(public, see :meth:`MPCTensor.public_value`), plain torch tensors and Python numbers (public).
+This module alone decides what they mean in the ring: whether a public operand is an integer
+(used as it is, scale 0) or a real (encoded with ``f`` fractional bits, under the saturation
+rule of :mod:`crypten_lite.encoding`), which scale a result has (float32 operands carry ``f``
+fractional bits, int64/bool ones — comparison results, secret indices — none), and by how many
+bits a product is truncated. The L3 protocols below it work on ring integers and take those
+decisions as arguments (:mod:`crypten_lite.protocols.arithmetic`: already-encoded operands and
+a truncation bit count).
+
+On top, arithmetic on operands of any kind, picking the cheapest protocol for the mix (public x
+public: plaintext; secret x integer public: exact, local; secret x real public: local product
+and one truncation; secret x secret: a Beaver product), so a product with a 0/1 mask needs no
+truncation at all.
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from crypten_lite.encoding import decode, encode, mask_limit, max_representable
-from crypten_lite.ops._common import (
-    encode_operand,
-    find_party,
-    is_integral,
-    logical_dtype,
-    public_of,
-    ring_of,
-    unsupported,
-    wrap,
-    wrap_public,
+from crypten_lite.encoding import (
+    SaturationWarning,
+    decode,
+    encode,
+    mask_limit,
+    max_representable,
+    saturate_mask,
 )
+from crypten_lite.errors import EncodingError
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.party import Party
 from crypten_lite.protocols import arithmetic
-from crypten_lite.protocols.beaver import FixedOperand, beaver, prepare_fixed
+from crypten_lite.protocols.beaver import FixedOperand, prepare_fixed
+from crypten_lite.protocols.sharing import share_public
 from crypten_lite.protocols.truncation import truncate
 from crypten_lite.ring import BILINEAR_OPS
-from crypten_lite.tensor import MPCTensor
+from crypten_lite.tensor import MPCTensor, current_user_call
 
 __all__ = [
     "add_values",
+    "assign",
     "bilinear_values",
     "div_values",
+    "encode_operand",
+    "float_dtype",
+    "frac_of",
+    "is_integral",
+    "logical_dtype",
     "mul_values",
     "neg_value",
     "out_frac",
+    "public_operand",
     "release_fixed_operands",
+    "ring_of",
     "scale_value",
     "to_float",
     "where_values",
+    "wrap_public",
 ]
+
+
+# --------------------------------------------------------------------------- operands and scales
+def is_integral(value: torch.Tensor) -> bool:
+    """Whether a public tensor holds integers only (public data, so inspecting it is fine)."""
+    if not value.dtype.is_floating_point:
+        return True
+    return bool(torch.equal(value, torch.round(value))) and bool(value.abs().max() < 2**40)
+
+
+def frac_of(x: Any, party: Party) -> int:
+    """Fractional bits an operand is (or would be) encoded with."""
+    if isinstance(x, MPCTensor):
+        return x.frac_bits
+    if isinstance(x, torch.Tensor):
+        return party.frac_bits if x.dtype.is_floating_point else 0
+    if isinstance(x, float):
+        return party.frac_bits
+    return 0
+
+
+_WARNED: set[str] = set()
+
+
+_WARNED_LOCK = threading.Lock()
+
+
+def _op_name(mask_op: str | None) -> str:
+    call = current_user_call()
+    if call and mask_op:
+        return f"{mask_op} (called from {call})"
+    return call or mask_op or "an op"
+
+
+def encode_operand(
+    value: torch.Tensor, frac: int, party: Party, *, mask_op: str | None = None
+) -> torch.Tensor:
+    """Encode a public operand at ``frac`` fractional bits under the rule of
+    :mod:`crypten_lite.encoding`.
+
+    With ``mask_op`` (the name of a masking op: ``add``, ``where``, ``masked_fill``, ...)
+    floating values beyond ``2**(40 - f)``, ``±inf`` included, saturate to the sentinel
+    ``±2**(40 - f)`` with one :class:`~crypten_lite.encoding.SaturationWarning` per op and
+    process. Every other out-of-range value (and NaN) raises :class:`EncodingError` naming the
+    op. Public values are the same on every party, so every party raises (or saturates) alike.
+    """
+    name = _op_name(mask_op)
+    try:
+        if mask_op is not None:
+            value, changed = saturate_mask(value, party.frac_bits)
+            if changed:
+                with _WARNED_LOCK:
+                    first = mask_op not in _WARNED
+                    _WARNED.add(mask_op)
+                if first:
+                    warnings.warn(
+                        f"{name}: public values beyond ±{mask_limit(party.frac_bits):g} "
+                        f"(-inf, finfo.min, -1e9 masks) saturated to that sentinel; a softmax "
+                        "gives such masked positions probability 0 (warned once per op)",
+                        SaturationWarning,
+                        stacklevel=2,
+                    )
+        return encode(value, frac)
+    except EncodingError as exc:
+        hint = (
+            ""
+            if mask_op is not None
+            else "; only masking operands (add/sub, where, masked_fill, attention masks) saturate"
+        )
+        raise EncodingError(f"party {party.rank}: public operand of {name}: {exc}{hint}") from None
+
+
+def ring_of(
+    x: Any, party: Party, frac: int | None = None, *, mask_op: str | None = None
+) -> torch.Tensor:
+    """This party's int64 share of operand ``x`` at ``frac`` fractional bits.
+
+    Secrets are rescaled upward only (a left shift is exact and local); public operands are
+    encoded (:func:`encode_operand`; ``mask_op`` names a masking op, whose operands saturate)
+    and held by party 0.
+    """
+    own = frac_of(x, party)
+    frac = own if frac is None else frac
+    if isinstance(x, MPCTensor) and x.public_value() is None:
+        if frac < own:
+            raise AssertionError(f"cannot lower the scale of a share from {own} to {frac} bits")
+        return x._share << (frac - own) if frac != own else x._share
+    value = public_of(x)
+    assert value is not None
+    return share_public(encode_operand(value, frac, party, mask_op=mask_op), party)
 
 
 def out_frac(dtype: torch.dtype, party: Party) -> int:
@@ -52,6 +161,82 @@ def out_frac(dtype: torch.dtype, party: Party) -> int:
     return party.frac_bits if dtype.is_floating_point else 0
 
 
+def logical_dtype(*xs: Any) -> torch.dtype:
+    """Result dtype of an arithmetic op: float32 if any operand is floating, else int64/bool."""
+    kinds = []
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            kinds.append(x.dtype)
+        elif isinstance(x, float):
+            kinds.append(torch.float32)
+        elif isinstance(x, bool):
+            kinds.append(torch.bool)
+        elif isinstance(x, int):
+            kinds.append(torch.int64)
+    if any(k.is_floating_point for k in kinds):
+        return torch.float32
+    if kinds and all(k == torch.bool for k in kinds):
+        return torch.bool
+    return torch.int64
+
+
+def float_dtype(dtype: torch.dtype) -> torch.dtype:
+    """MPCTensor logical dtype for a torch dtype: floats become float32."""
+    if dtype.is_floating_point:
+        return torch.float32
+    if dtype == torch.bool:
+        return torch.bool
+    return torch.int64
+
+
+def wrap_public(value: torch.Tensor, party: Party, dtype: torch.dtype | None = None) -> MPCTensor:
+    """An encrypted tensor every party knows: party 0 holds the encoding, the others zero."""
+    dtype = float_dtype(value.dtype) if dtype is None else dtype
+    value = value.detach().to(dtype)
+    frac = party.frac_bits if dtype.is_floating_point else 0
+    return MPCTensor(share_public(encode(value, frac), party), party, dtype=dtype, public=value)
+
+
+def assign(target: Any, result: Any) -> Any:
+    """Write ``result`` into ``target`` in place (the tail of every ``op_`` implementation).
+
+    The share buffer is overwritten, so views and detached aliases see the new value; the public
+    value and stashes of every alias become stale, and ``target`` keeps the result's public value
+    when it has one.
+    """
+    if not isinstance(target, MPCTensor):
+        party = find_party(result)
+        if isinstance(result, MPCTensor) and result.public_value() is not None:
+            target.copy_(result.public_value())
+            return target
+        raise unsupported(
+            "cannot write an encrypted value into a plain tensor in place (encrypt that tensor "
+            "first, e.g. with crypten_lite.encrypt_module)",
+            party,
+        )
+    party = target.party
+    if isinstance(result, MPCTensor):
+        if result.frac_bits > target.frac_bits:
+            raise unsupported(
+                f"cannot write an encrypted {result.dtype} value into an encrypted "
+                f"{target.dtype} tensor in place (that would need a secure floor)",
+                party,
+            )
+        share = ring_of(result, party, target.frac_bits)
+        public = result.public_value()
+    else:
+        public = public_of(result)
+        assert public is not None
+        share = ring_of(public.to(target.dtype), party, target.frac_bits)
+    target._share.copy_(share.expand(target._share.shape))
+    target.mark_written()
+    if public is not None:
+        target._pub = public.to(target.dtype).expand(target.shape).clone()
+        target._pub_version = target._alias.version
+    return target
+
+
+# --------------------------------------------------------------------------- arithmetic
 def add_values(x: Any, y: Any, party: Party, alpha: Any = 1, *, mask_op: str = "add") -> MPCTensor:
     """``x + alpha * y`` for any mix of operands (local: shares add, party 0 adds publics).
 
@@ -85,16 +270,32 @@ def add_values(x: Any, y: Any, party: Party, alpha: Any = 1, *, mask_op: str = "
 def neg_value(x: MPCTensor) -> MPCTensor:
     """``-x``, local."""
     public = x.public_value()
-    return wrap(
-        arithmetic.neg(x._share), x.party, dtype=x.dtype, public=None if public is None else -public
-    )
+    return wrap(-x._share, x.party, dtype=x.dtype, public=None if public is None else -public)
 
 
-def _as_public_operand(value: torch.Tensor) -> torch.Tensor | int:
-    """A public multiplier for the protocols: integers exactly, reals as float64."""
+def public_operand(value: torch.Tensor, party: Party) -> tuple[torch.Tensor, int]:
+    """A public multiplier in the ring, and its scale: the one rule for products with publics.
+
+    Integers (integer or bool tensors, and floating tensors holding integers below ``2**40``) are
+    used as they are, at scale 0, so the product is exact and needs no truncation; reals are
+    encoded with ``f`` fractional bits (an out-of-range or non-finite real raises
+    :class:`EncodingError` naming the op, on every party alike: public values are the same
+    everywhere).
+    """
     if is_integral(value):
-        return value.to(torch.int64) if value.dim() else int(value)
-    return value.to(torch.float64)
+        return value.to(torch.int64), 0
+    if value.numel():
+        limit = max_representable(party.frac_bits)
+        if not bool(torch.isfinite(value).all()) or float(value.abs().max()) >= limit:
+            encode_operand(value, party.frac_bits, party)  # raises, naming the op
+    return encode(value.to(torch.float64), party.frac_bits), party.frac_bits
+
+
+def _rescaled(z: torch.Tensor, scale: int, target: int, party: Party) -> torch.Tensor:
+    """A share at ``2**scale`` brought to ``2**target``: exact left shift up, truncation down."""
+    if scale > target:
+        return truncate(z, party, scale - target)
+    return z << (target - scale) if scale < target else z
 
 
 def scale_value(x: Any, factor: Any, party: Party) -> Any:
@@ -109,9 +310,9 @@ def bilinear_values(
 ) -> MPCTensor:
     """Fixed-point ``op(x, y)`` for a bilinear op (``mul``, ``matmul``, ``conv2d``, ...).
 
-    Public x public is plaintext; secret x public is local (plus a truncation for a real public
-    operand and a fixed-point secret); secret x secret is one Beaver product, truncated to the
-    result's scale.
+    Public x public is plaintext; secret x public is local (plus a truncation when the scales
+    of the operands add up to more than the result's); secret x secret is one Beaver product,
+    truncated from the sum of the operands' scales to the result's in the same dealer request.
     """
     params = dict(params or {})
     fn = BILINEAR_OPS[op]
@@ -122,54 +323,28 @@ def bilinear_values(
         value = fn(px.to(torch.float64), py.to(torch.float64), **params)
         return wrap_public(value.to(dtype), party, dtype)
     if px is None and py is None:
-        fx, fy = x.frac_bits, y.frac_bits
-        if op == "mul" and x._share is y._share and fx == fy == f_out == party.frac_bits:
-            return wrap(arithmetic.square(x._share, party), party, dtype=dtype)
-        if fx == fy == f_out == party.frac_bits:
+        scale = x.frac_bits + y.frac_bits
+        shift = max(0, scale - f_out)
+        if op == "mul" and x._share is y._share:
+            z = arithmetic.square(x._share, party, shift=shift)
+        else:
             a, b = _fixed_or_share(x, party), _fixed_or_share(y, party)
             if isinstance(a, FixedOperand) and isinstance(b, FixedOperand):
                 a = x._share
-            return wrap(arithmetic.bilinear(op, a, b, party, params), party, dtype=dtype)
-        z = beaver(op, x._share, y._share, party, op_params=params)
-        excess = fx + fy - f_out
-        if excess > 0:
-            z = truncate(z, party, excess)
-        elif excess < 0:
-            z = z << -excess
-        return wrap(z, party, dtype=dtype)
+            z = arithmetic.product(op, a, b, party, params, shift=shift)
+        return wrap(_rescaled(z, scale - shift, f_out, party), party, dtype=dtype)
     if px is None:
         secret, pub, public_first = x, py, False
     else:
         secret, pub, public_first = y, px, True
     assert pub is not None
-    fs = secret.frac_bits
-    if pub.is_floating_point() and pub.numel():
-        limit = max_representable(party.frac_bits)
-        if not bool(torch.isfinite(pub).all()) or float(pub.abs().max()) >= limit:
-            encode_operand(pub, party.frac_bits, party)  # raises, naming the op
-    operand = _as_public_operand(pub)
-    if isinstance(operand, int) or not operand.dtype.is_floating_point:
-        if op == "mul":
-            z = secret._share * operand
-        else:
-            z = arithmetic.bilinear_public(
-                op, secret._share, operand, party, params, public_first=public_first
-            )
-        if fs < f_out:
-            z = z << (f_out - fs)
-        return wrap(z, party, dtype=dtype)
-    if fs == party.frac_bits:
-        if op == "mul":
-            z = arithmetic.mul_public(secret._share, operand, party)
-        else:
-            z = arithmetic.bilinear_public(
-                op, secret._share, operand, party, params, public_first=public_first
-            )
-        return wrap(z, party, dtype=dtype)
-    # A scale-0 secret (mask, index) times a real public: the product is already at scale f.
-    enc = encode(operand, party.frac_bits)
-    a, b = (enc, secret._share) if public_first else (secret._share, enc)
-    return wrap(fn(a, b, **params), party, dtype=dtype)
+    ring, frac = public_operand(pub, party)
+    scale = secret.frac_bits + frac
+    shift = max(0, scale - f_out)
+    z = arithmetic.public_product(
+        op, secret._share, ring, party, params, shift=shift, public_first=public_first
+    )
+    return wrap(_rescaled(z, scale - shift, f_out, party), party, dtype=dtype)
 
 
 def _fixed_or_share(t: MPCTensor, party: Party) -> torch.Tensor | FixedOperand:
@@ -215,13 +390,12 @@ def div_values(x: Any, y: Any, party: Party) -> MPCTensor:
     if py is None:
         raise AssertionError("div_values takes a public divisor; ops.nonlinear divides by secrets")
     share = ring_of(x, party, party.frac_bits)
+    # The quotient keeps the dividend's scale: the divisor is a count or a real, never encoded.
     if is_integral(py):
         divisor: Any = int(py) if py.dim() == 0 else py.to(torch.int64)
     else:
         divisor = py.to(torch.float64)
-    if isinstance(divisor, torch.Tensor) and bool((divisor == 0).any()):
-        raise unsupported("division of an encrypted tensor by a public zero", party)
-    if isinstance(divisor, int) and divisor == 0:
+    if bool(torch.as_tensor(divisor == 0).any()):
         raise unsupported("division of an encrypted tensor by a public zero", party)
     return wrap(arithmetic.div_public(share, divisor, party), party)
 

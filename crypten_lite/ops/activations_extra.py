@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import assign, find_party
-from crypten_lite.ops._fixed import add_values, div_values, mul_values
+from crypten_lite.ops._common import find_party
+from crypten_lite.ops._fixed import add_values, assign, div_values, mul_values
 from crypten_lite.ops.approx import approx
 from crypten_lite.ops.nonlinear import compare
 from crypten_lite.tensor import MPCTensor, implements

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import assign, find_party, wrap, wrap_public
-from crypten_lite.ops._fixed import add_values, mul_values
+from crypten_lite.ops._common import find_party, wrap
+from crypten_lite.ops._fixed import add_values, assign, mul_values, wrap_public
 from crypten_lite.ops.reductions import sum_dim
 from crypten_lite.party import Party
 from crypten_lite.protocols import approximations, comparison

@@ -3,7 +3,7 @@
 Sums are local; products are local with a public operand (one truncation for a real one) and one
 Beaver round between two secrets; division by a public value is one truncation, by a secret a
 reciprocal (``ops.nonlinear``) and a product. In-place variants compute the same value and write
-it into the target's share buffer (:func:`~crypten_lite.ops._common.assign`), so
+it into the target's share buffer (:func:`~crypten_lite.ops._fixed.assign`), so
 ``torch.optim`` updates encrypted parameters in place.
 """
 
@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import assign, find_party, public_of
+from crypten_lite.ops._common import find_party, public_of
 from crypten_lite.ops._fixed import (
     add_values,
+    assign,
     div_values,
     mul_values,
     neg_value,

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from crypten_lite.encoding import mask_limit
-from crypten_lite.ops._common import find_party, public_of, unsupported, wrap, wrap_public
-from crypten_lite.protocols.beaver import beaver
-from crypten_lite.protocols.truncation import truncate
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import wrap_public
+from crypten_lite.protocols.arithmetic import product
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
@@ -103,8 +103,15 @@ def _scores(q: Any, k: Any, scale: float) -> Any:
     ):
         party = q.party
         kt = k._share.transpose(-2, -1).contiguous()
-        z = beaver("matmul", q._share.contiguous(), kt, party, tag="attention.scores")
-        return wrap(truncate(z, party, party.frac_bits + shift), party)
+        z = product(
+            "matmul",
+            q._share.contiguous(),
+            kt,
+            party,
+            shift=party.frac_bits + shift,
+            tag="attention.scores",
+        )
+        return wrap(z, party)
     return (q @ k.transpose(-2, -1)) * scale
 
 

@@ -15,17 +15,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import (
-    assign,
-    find_party,
-    float_dtype,
-    public_of,
-    ring_of,
-    unsupported,
-    wrap,
-    wrap_public,
-)
-from crypten_lite.ops._fixed import mul_values
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import assign, float_dtype, mul_values, ring_of, wrap_public
 from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.tensor import MPCTensor, implements

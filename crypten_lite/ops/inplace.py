@@ -7,7 +7,7 @@ Rather than writing each twin by hand, this module walks the op table once all f
 registered and gives every supported op whose twin is missing a generic implementation:
 
 * a value op (its result is a new tensor): compute the out-of-place result, then write it into
-  ``self`` with :func:`crypten_lite.ops._common.assign` (the share buffer is overwritten, so
+  ``self`` with :func:`crypten_lite.ops._fixed.assign` (the share buffer is overwritten, so
   views of ``self`` see the new value, and public values and stashes become stale). The cost is
   the out-of-place op's; the write is local;
 * a view op (its result aliases ``self``: ``squeeze_``, ``unsqueeze_``, ``t_``, ``transpose_``,
@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch.utils._mode_utils import no_dispatch
 
-from crypten_lite.ops._common import assign, share_wise
+from crypten_lite.ops._common import share_wise
+from crypten_lite.ops._fixed import assign
 from crypten_lite.tensor import MPCTensor, implements
 from crypten_lite.tensor_table import (
     OpOverload,

@@ -18,15 +18,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import (
-    find_party,
-    public_of,
-    ring_of,
-    share_wise,
-    unsupported,
-    wrap,
-)
-from crypten_lite.ops._fixed import add_values, bilinear_values, scale_value
+from crypten_lite.ops._common import find_party, public_of, share_wise, unsupported, wrap
+from crypten_lite.ops._fixed import add_values, bilinear_values, ring_of, scale_value
 from crypten_lite.ops.nonlinear import compare
 from crypten_lite.party import Party
 from crypten_lite.tensor import MPCTensor, implements

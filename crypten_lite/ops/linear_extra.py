@@ -23,8 +23,14 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import find_party, public_of, unsupported, wrap, wrap_public
-from crypten_lite.ops._fixed import bilinear_values, div_values, mul_values, where_values
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import (
+    bilinear_values,
+    div_values,
+    mul_values,
+    where_values,
+    wrap_public,
+)
 from crypten_lite.ops.reductions import max_with_onehot
 from crypten_lite.tensor import MPCTensor, implements
 

@@ -17,8 +17,15 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import find_party, public_of, unsupported, wrap_public
-from crypten_lite.ops._fixed import add_values, div_values, mul_values, neg_value, where_values
+from crypten_lite.ops._common import find_party, public_of, unsupported
+from crypten_lite.ops._fixed import (
+    add_values,
+    div_values,
+    mul_values,
+    neg_value,
+    where_values,
+    wrap_public,
+)
 from crypten_lite.ops.approx import approx, reciprocal_value
 from crypten_lite.ops.reductions import mean_value, sum_all
 from crypten_lite.party import Party

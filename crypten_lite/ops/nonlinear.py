@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import (
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import (
+    add_values,
     assign,
-    find_party,
-    public_of,
+    mul_values,
+    out_frac,
     ring_of,
-    unsupported,
-    wrap,
+    where_values,
     wrap_public,
 )
-from crypten_lite.ops._fixed import add_values, mul_values, out_frac, where_values
 from crypten_lite.party import Party
 from crypten_lite.protocols import comparison
 from crypten_lite.tensor import MPCTensor, implements

@@ -26,14 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.ops._common import (
-    find_party,
-    is_secret,
-    public_of,
-    unsupported,
-    wrap,
-    wrap_public,
-)
+from crypten_lite.ops._common import find_party, is_secret, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import wrap_public
 from crypten_lite.ops.approx import _share_f, rsqrt_value
 from crypten_lite.protocols import moments
 from crypten_lite.tensor import MPCTensor, implements, implements_function

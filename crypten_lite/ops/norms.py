@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import find_party, ring_of, unsupported, wrap
+from crypten_lite.ops._common import find_party, unsupported, wrap
+from crypten_lite.ops._fixed import ring_of
 from crypten_lite.protocols import elementary
 from crypten_lite.protocols.comparison import abs_and_sign
 from crypten_lite.protocols.reduction import min_dim

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.ops._common import find_party, ring_of, unsupported, wrap
-from crypten_lite.ops._fixed import div_values, mul_values
+from crypten_lite.ops._common import find_party, unsupported, wrap
+from crypten_lite.ops._fixed import div_values, mul_values, ring_of
 from crypten_lite.protocols import pooling
 from crypten_lite.tensor import MPCTensor, implements
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import ring_of, wrap, wrap_public
+from crypten_lite.ops._common import wrap
+from crypten_lite.ops._fixed import ring_of, wrap_public
 from crypten_lite.ops.nonlinear import compare
 from crypten_lite.ops.reductions import reduce_count
 from crypten_lite.tensor import MPCTensor, implements, implements_function

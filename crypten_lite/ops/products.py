@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import ring_of, wrap
-from crypten_lite.ops._fixed import mul_values, out_frac
+from crypten_lite.ops._common import wrap
+from crypten_lite.ops._fixed import mul_values, out_frac, ring_of
 from crypten_lite.party import Party
 from crypten_lite.protocols.sharing import share_public
 from crypten_lite.tensor import MPCTensor, implements

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import find_party, public_of, ring_of, unsupported, wrap
-from crypten_lite.ops._fixed import add_values, div_values, mul_values
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import add_values, div_values, mul_values, ring_of
 from crypten_lite.ops.division import floor_divide_value, is_power_of_two_divisor, remainder_value
 from crypten_lite.ops.nonlinear import compare
 from crypten_lite.party import Party

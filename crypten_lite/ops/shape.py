@@ -15,17 +15,8 @@ from typing import Any
 import torch
 
 from crypten_lite.encoding import encode
-from crypten_lite.ops._common import (
-    assign,
-    find_party,
-    frac_of,
-    public_of,
-    ring_of,
-    share_wise,
-    unsupported,
-    wrap,
-)
-from crypten_lite.ops._fixed import add_values, div_values, mul_values
+from crypten_lite.ops._common import find_party, public_of, share_wise, unsupported, wrap
+from crypten_lite.ops._fixed import add_values, assign, div_values, frac_of, mul_values, ring_of
 from crypten_lite.ops.reductions import ONEHOT_KEY, place_at_indices
 from crypten_lite.party import Party
 from crypten_lite.tensor import MPCTensor, implements

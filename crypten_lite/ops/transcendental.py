@@ -47,8 +47,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.ops._common import find_party, public_of, ring_of, unsupported, wrap
-from crypten_lite.ops._fixed import add_values, mul_values
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.ops._fixed import add_values, mul_values, ring_of
 from crypten_lite.ops.approx import approx, reciprocal_value
 from crypten_lite.protocols import comparison
 from crypten_lite.protocols.comparison import abs_and_sign

@@ -36,7 +36,9 @@ def _measure(net: Network, nbytes: int) -> dict[str, float]:
     assert server.wait(10.0) == 0, server.describe()
     stats = json.loads(client.stdout.splitlines()[-1])
     rtts = sorted(stats["rtt_ms"])
-    return {"rtt_ms": rtts[len(rtts) // 2], "mbit_s": stats["mbit_s"]}
+    # The fastest round trip is the link's: a busy machine only adds scheduling delay on top,
+    # so the minimum is what the shaping sets, whatever else runs (the median is informative).
+    return {"rtt_ms": rtts[0], "rtt_median_ms": rtts[len(rtts) // 2], "mbit_s": stats["mbit_s"]}
 
 
 @pytest.mark.timeout(90)
@@ -50,8 +52,8 @@ def test_shaped_link_has_profile_delay_and_rate(
     nbytes: int,
     rtt_range_ms: tuple[float, float],
 ) -> None:
-    """RTT = 2 x the one-way delay (plus a little user-space overhead); throughput at most
-    the tbf rate, and not far below it."""
+    """The fastest RTT = 2 x the one-way delay (plus a little user-space overhead); throughput
+    at most the tbf rate, and not far below it."""
     net = make_network(2, profile)
     got = _measure(net, nbytes)
     lo, hi = rtt_range_ms

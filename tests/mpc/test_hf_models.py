@@ -121,9 +121,9 @@ def test_finfo_min_mask_warns_once_per_op(run_parties: Run) -> None:
             with torch.no_grad():
                 m(input_ids=ids, attention_mask=mask)
 
-    from crypten_lite.ops import _common
+    from crypten_lite.ops import _fixed
 
-    _common._WARNED.clear()  # noqa: SLF001 - the once-per-op memory, reset for this test
+    _fixed._WARNED.clear()  # noqa: SLF001 - the once-per-op memory, reset for this test
     with pytest.warns(SaturationWarning, match="saturated"):
         run_parties(body, 2)
-    assert _common._WARNED  # noqa: SLF001
+    assert _fixed._WARNED  # noqa: SLF001

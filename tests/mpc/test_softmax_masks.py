@@ -170,14 +170,14 @@ def test_public_operand_rule(run_parties: Run) -> None:
                     out[name] = str(exc)
         return out
 
-    from crypten_lite.ops import _common
+    from crypten_lite.ops import _fixed
 
-    _common._WARNED.discard("add")  # noqa: SLF001 - the once-per-op memory
+    _fixed._WARNED.discard("add")  # noqa: SLF001 - the once-per-op memory
     res = run_parties(body, 2)
     lim = 2.0**24
     want = [1.0, -lim, lim]  # absorbed into the sentinel, as float arithmetic absorbs x
     assert res[0]["sat"] == str(want)
-    assert "add" in _common._WARNED  # noqa: SLF001 - warned (once, by whichever party came first)
+    assert "add" in _fixed._WARNED  # noqa: SLF001 - warned (once, by whichever party came first)
     for r in res:  # every party raises alike
         for name in ("nan", "mul_inf", "mul_huge"):
             assert r[name].startswith("party "), (name, r[name])

@@ -86,9 +86,11 @@ def main() -> None:
     total = shares[0]
     prod = shares[0]
     for s in shares[1:]:
-        total = arithmetic.add(total, s)
-        prod = arithmetic.mul(prod, s, party)
-    mm = arithmetic.matmul(shares[0].view(2, 4), shares[1].view(4, 2), party)
+        total = total + s  # shares of a sum: the sum of the shares
+        prod = arithmetic.product("mul", prod, s, party, shift=party.frac_bits)
+    mm = arithmetic.product(
+        "matmul", shares[0].view(2, 4), shares[1].view(4, 2), party, shift=party.frac_bits
+    )
     result = {
         "sum": _rounded(reveal(total, party, dtype=torch.float64)),
         "prod": _rounded(reveal(prod, party, dtype=torch.float64)),
@@ -104,7 +106,7 @@ def main() -> None:
         for _ in range(args.loop):
             if args.until is not None and _stop_requested(args.until, party):
                 break
-            arithmetic.mul(shares[0], shares[1], party)
+            arithmetic.product("mul", shares[0], shares[1], party, shift=party.frac_bits)
             time.sleep(args.sleep)  # pacing only (keeps the loop from hogging the CPU)
         print("LOOP done", flush=True)
     crypten_lite.uninit()
