@@ -58,18 +58,6 @@ _EXTRA = 2  # the exponentials' working scale S = f + 2
 _COEFF_BITS = 16
 
 
-def _exp64(t: Tensor) -> Tensor:
-    return torch.exp(t)
-
-
-def _recip(t: Tensor) -> Tensor:
-    return 1 / t
-
-
-def _ln(t: Tensor) -> Tensor:
-    return torch.log(t)
-
-
 # ------------------------------------------------------------------------ operand helpers
 def _raw(v: Operand) -> tuple[Tensor, int]:
     """(share, pending bits) of an operand: its value is ``share / 2**bits`` at its scale."""
@@ -124,7 +112,7 @@ def _rescaled(v: Operand, party: Party, drop: int) -> Operand:
 def _exp_coeffs() -> tuple[float, ...]:
     """``p(t) ~ exp(2 t - 2)`` on ``t`` in ``[-1, 1]`` (``z'`` in ``[-4, 0]``), degree 7,
     relative minimax: relative error ``4.5e-5``."""
-    return fit(_exp64, -float(_WIDTH), 0.0, 7, True)
+    return fit(torch.exp, -float(_WIDTH), 0.0, 7, True)
 
 
 def _exp_segments(z: Tensor, party: Party) -> Operand:
@@ -236,7 +224,7 @@ def _recip_coeffs() -> tuple[float, ...]:
     """``p(t) ~ 1 / m`` for ``t = 2 m - 3``, degree 5, fitted for ``m`` in ``[0.999, 2.002]``
     (the row sum's mantissa up to the exponentials' error): relative error ``5.2e-5``."""
     lo, hi = 0.999, 2.002
-    q = fit(_recip, lo, hi, 5, True)  # in t' = (m - mid) / h
+    q = fit(torch.reciprocal, lo, hi, 5, True)  # in t' = (m - mid) / h
     mid, h = (lo + hi) / 2, (hi - lo) / 2
     # t' = alpha t + beta for m = (t + 3) / 2
     alpha, beta = 1 / (2 * h), (1.5 - mid) / h
@@ -397,7 +385,7 @@ def log_softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     kk = len(norm.bases)
     span = _M_HI - _M_LO
     t = public_affine(norm.mantissa, party, f, 2 / span, -(_M_HI + _M_LO) / span, scale)
-    (ln_m,) = evaluate(t, [fit(_ln, _M_LO, _M_HI, 7)], party, scale, f)
+    (ln_m,) = evaluate(t, [fit(torch.log, _M_LO, _M_HI, 7)], party, scale, f)
     w = torch.tensor([0] + [round(i * math.log(2.0) * (1 << f)) for i in range(kk)] + [0])
     offset = (norm.onehot * w.view((-1,) + (1,) * s.dim())).sum(0)
     return z - (ln_m + offset)
