@@ -47,6 +47,7 @@ from crypten_lite.protocols.polynomial import (
     public_affine,
 )
 from crypten_lite.protocols.reduction import max_dim
+from crypten_lite.protocols.truncation import resolve_method
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -56,6 +57,7 @@ _WIDTH = 4  # segment width: t = (z + 4 j) / 2 + 1 is an exact shift of z
 _SEGMENTS = 4  # thresholds -4 .. -16; below -16 exp is taken as 0 (e**-16 = 1.1e-7)
 _EXTRA = 2  # the exponentials' working scale S = f + 2
 _COEFF_BITS = 16
+_WEIGHT_BITS = 6  # extra bits of the exp's segment weights (exact truncation)
 
 
 # ------------------------------------------------------------------------ operand helpers
@@ -141,7 +143,9 @@ def _exp_segments(z: Tensor, party: Party) -> Operand:
     and ``e**-16 = 1.1e-7`` dropped per element moves a softmax probability by at most
     ``n e**-16`` (``1.1e-4`` at ``n = 1024``, within the documented error).
 
-    Error: relative ``4.5e-5`` (the fit) plus a few ulps at ``S = f + 2``; exactly 0 below -16.
+    Error: relative ``4.5e-5`` (the fit) plus a few ulps at ``S = f + 2`` and the segment
+    weights' rounding at ``S + W`` bits (``W = 6``; with 2-party local truncation ``W = 0``, so
+    up to ``1.2e-6`` absolute per element); exactly 0 below -16.
     Cost: 6 rounds (2 parties; the two product rounds leave their truncations pending); each
     party sends ``8 + 8 + 4 * 5 + 4 / 8`` bytes per element in steps 1-2 and 56 in step 4.
     Security: semi-honest; as sign_bits, bit injection and the fused products.
@@ -188,31 +192,37 @@ def _exp_segments(z: Tensor, party: Party) -> Operand:
     # t**2 = u**2 + 4 k u + 4 k**2, k u = sum j seg_j (2 z_S + 2**S) = 2 kz + k 2**S
     t2 = u2 + (((kz << 1) + (k << S)) << (S + 2)) + (k2 << (2 * S + 2))
     c = _exp_coeffs()
+    # The segment weights e**(-4 j) carry W more bits than S: at S alone e**-12 rounds to
+    # 2 ulps (24 % off), n such terms moving s by n 1.5e-6. Exact truncation has no magnitude
+    # limit below 2**62; 2-party local truncation keeps W = 0 (its failure probability grows
+    # with the products' magnitude, 2**(36 + W - 63) per element).
+    w_bits = 0 if resolve_method(party) == "local" else _WEIGHT_BITS
+    sw = S + w_bits
 
     def lin(c0: float, c1: float) -> Tensor:
-        """``c0 g + c1 g t`` at scale 2S: public weights of ``seg_j`` and ``seg_j z``."""
+        """``c0 g + c1 g t`` at scale ``2S + W``: public weights of ``seg_j`` and ``seg_j z``."""
         acc = torch.zeros_like(flat)
         for j in range(_SEGMENTS):
             w = math.exp(-_WIDTH * j)
-            w1 = round(c1 * w * (1 << S))
+            w1 = round(c1 * w * (1 << sw))
             # g t = w (z / 2 + 2 j + 1) on segment j; z / 2 at scale S is 2 z_f
-            acc += seg[j] * (round(c0 * w * (1 << (2 * S))) + w1 * ((2 * j + 1) << S))
+            acc += seg[j] * (round(c0 * w * (1 << (S + sw))) + w1 * ((2 * j + 1) << S))
             acc += segz[j] * (2 * w1)
         return acc
 
-    g = sum(round(math.exp(-_WIDTH * j) * (1 << S)) * seg[j] for j in range(_SEGMENTS))
-    assert isinstance(g, Tensor)
+    g = sum(round(math.exp(-_WIDTH * j) * (1 << sw)) * seg[j] for j in range(_SEGMENTS))
+    assert isinstance(g, Tensor)  # at scale S + W
     t2_op = lazy(t2, party, S)
-    gt_op = lazy(lin(0.0, 1.0), party, S)
+    gt_op = lazy(lin(0.0, 1.0), party, sw)
     t4, gt2, gt3 = mul_many_lazy(
-        [(t2_op, t2_op), (g, t2_op), (gt_op, t2_op)], party, S, tag="softmax.exp"
+        [(t2_op, t2_op), (g, t2_op), (gt_op, t2_op)], party, [S, sw, S], tag="softmax.exp"
     )
     low = _combine([(t, c[3])], c[2], party, S)  # c2 + c3 t
     high = _combine(
-        [(lazy(lin(c[4], c[5]), party, S), 1.0), (gt2, c[6]), (gt3, c[7])], 0.0, party, S
+        [(lazy(lin(c[4], c[5]), party, sw), 1.0), (gt2, c[6]), (gt3, c[7])], 0.0, party, S
     )
     p1, p2 = mul_many_lazy([(gt2, low), (high, t4)], party, S, tag="softmax.exp")
-    e = _add(_add(lazy(lin(c[0], c[1]), party, S), p1), p2)
+    e = _add(_add(lazy(lin(c[0], c[1]), party, sw), p1), p2)
     if isinstance(e, Pending):
         return Pending(e.share[:n].reshape(z.shape), e.bits)
     return e[:n].reshape(z.shape)
@@ -321,12 +331,15 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     3. ``e / s`` (:func:`_quotient`, 7 rounds + 1 settle; 3 + 1 for ``n = 2``).
 
     Domain: any inputs whose pairwise differences fit the ring (``|x| < 2**(62 - f)``), any
-    row length ``n`` up to ``2**20``. Masked positions (a public mask saturated to
+    row length ``n`` up to ``2**18``. Masked positions (a public mask saturated to
     ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`, the workloads' ``-64``, or any score
     more than 16 below the row's maximum) get exactly 0. Error: below ``2e-4`` absolute per
     output for every spread and ``n <= 1024`` (measured ``8e-5``, 2 and 3 parties, spreads up
-    to ``2**45``: exp's relative ``4.5e-5``, the reciprocal's ``5.2e-5``, rounding at
-    ``f + 2`` bits; the scores dropped below -16 add at most ``n e**-16``).
+    to ``2**45``, ``8.3e-5`` for 1023 scores just below any segment boundary: exp's relative
+    ``4.5e-5``, the reciprocal's ``5.2e-5``, rounding at ``f + 2`` bits; the scores dropped
+    below -16 add at most ``n e**-16``). With the opt-in 2-party local truncation the exp's
+    segment weights keep ``f + 2`` bits (larger products would raise its failure probability):
+    up to ``n 1.2e-6`` more (``1.2e-3`` measured at ``n = 1024``, ``1.5e-4`` at ``n = 128``).
 
     Cost (2 parties, exact truncation): ``L + 14`` rounds for a row max of ``L`` rounds: 19
     for ``n <= 10``, 24 for ``n <= 100``, 28 for ``n = 128`` (before: 26, 31, 36; CrypTen:
