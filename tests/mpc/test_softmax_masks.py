@@ -228,10 +228,18 @@ def test_softmax_segments_dealer_and_truncation(
         assert got[0, -5:].abs().max() == 0  # more than 16 below the maximum: exactly 0
 
 
-def test_softmax_floor_worst_case(run_parties: Run) -> None:
-    """Scores just below the exp's floor (16 under the maximum) are dropped: over a row of
-    1024 the maximum's probability moves by ``1023 e**-16 = 1.1e-4``, within the bound."""
-    x = torch.full((1, 1024), -16.01, dtype=torch.float64)
+@pytest.mark.parametrize(
+    ("score", "truncation", "bound"),
+    [(-16.01, "auto", 2e-4), (-12.01, "auto", 2e-4), (-12.01, "local", 2e-3)],
+)
+def test_softmax_worst_case_rows(
+    score: float, truncation: str, bound: float, run_parties: Run
+) -> None:
+    """1023 scores at one level under the maximum. Just below the exp's floor (-16) they are
+    dropped: the maximum's probability moves by ``1023 e**-16 = 1.1e-4``. In the last segment
+    (-12, ``e**-12 = 6e-6`` each) the segment weight's rounding adds up over the row: exact
+    truncation gives the weights 6 more bits; local keeps ``f + 2`` (documented ``n 1.2e-6``)."""
+    x = torch.full((1, 1024), score, dtype=torch.float64)
     x[0, 0] = 0.0
 
     def fn(party: Party) -> torch.Tensor:
@@ -240,24 +248,5 @@ def test_softmax_floor_worst_case(run_parties: Run) -> None:
         return decode(out, 16, torch.float64)
 
     ref = torch.softmax(_enc(x), -1)
-    for got in run_parties(fn, 2):
-        assert (got - ref).abs().max() <= 2e-4
-
-
-@pytest.mark.parametrize("truncation", ["auto", "local"])
-def test_softmax_far_segment_worst_case(truncation: str, run_parties: Run) -> None:
-    """1023 scores in the exp's last segment (12 below the maximum, e**-12 = 6e-6 each): the
-    segment weight's rounding, summed over the row, stays within the bound (exact truncation
-    gives the weights 6 more bits; local keeps f + 2 and its documented n 1.5e-6)."""
-    x = torch.full((1, 1024), -12.01, dtype=torch.float64)
-    x[0, 0] = 0.0
-
-    def fn(party: Party) -> torch.Tensor:
-        sx = share(x if party.rank == 0 else None, 0, party, shape=x.shape)
-        (out,) = open_shares([A.softmax(sx, party, -1)], party)  # type: ignore[misc]
-        return decode(out, 16, torch.float64)
-
-    ref = torch.softmax(_enc(x), -1)
-    bound = 2e-4 if truncation == "auto" else 2e-3
     for got in run_parties(fn, 2, truncation=truncation):
         assert (got - ref).abs().max() <= bound
