@@ -26,7 +26,8 @@ Compositions — built from the primitives above only, no messages of their own:
 ``pooling``        max pooling and its backward
 ``polynomial``     piecewise polynomials, powers
 ``elementary``     exp, log, reciprocal, sqrt, inverse sqrt (iterations of products)
-``activations``    sigmoid, tanh, GeLU, erf, softmax (approximations + comparisons)
+``activations``    sigmoid, tanh, GeLU, erf, SiLU (approximations + comparisons)
+``softmax``        softmax, log_softmax (row max, exp by segments, bucketed reciprocal)
 ``approximations`` the approximation registry: domain, error and rounds of each function
 =================  ============================================================================
 """

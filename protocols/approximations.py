@@ -2,7 +2,7 @@
 
 The functions live in :mod:`~crypten_lite.protocols.elementary` (exp, log, reciprocal, div,
 sqrt, inv_sqrt, pow, norm, sin, cos), :mod:`~crypten_lite.protocols.activations` (sigmoid,
-tanh, erf, gelu, silu, softmax, log_softmax) and :mod:`~crypten_lite.protocols.moments`
+tanh, erf, gelu, silu), :mod:`~crypten_lite.protocols.softmax` (softmax, log_softmax) and :mod:`~crypten_lite.protocols.moments`
 (standardize: LayerNorm, BatchNorm, RMSNorm); building blocks in
 :mod:`~crypten_lite.protocols.polynomial`. Every function takes and returns int64 shares at
 scale ``f = party.frac_bits`` and the :class:`~crypten_lite.party.Party` explicitly.
@@ -25,8 +25,8 @@ inv_sqrt       (0, 2**44)                   rel 4.9e-5 + 2 ulp             11
 sigmoid        all x                        abs 7e-5                       9       23
 tanh, erf      all x                        abs 9.2e-5, 3e-5               9
 gelu, silu     all x                        abs 3.8e-5, 1.2e-4             9
-softmax        any, any row length n        abs 7.5e-5 (n <= 1024)         22 (a)  94
-log_softmax    any, any row length n        abs 5e-5 (n <= 1024)           22 (a)
+softmax        any, any row length n        abs 8e-5 (n <= 1024)           18 (a)  94
+log_softmax    any, any row length n        abs 1.3e-4 (n <= 1024)         18 (a)
 sin, cos       any x                        abs 2e-4 + |x| 2**-22          8
 pow p >= 0 int any (result in the ring)     1 ulp per product              bits(p)
 pow other p    |x| in [2**-16, 2**44)       rel 1e-4 + 2 ulp, |x**p|<=2**30 11
@@ -35,8 +35,9 @@ standardize    var+eps in [2.4e-7, 2.3e9]   x_hat abs 2e-4, rstd rel 1e-4  12
   (n = 768)    (std ~5e-4 .. 5e4)
 =============  ===========================  =============================  ======  =======
 
-(a) ``n <= 10``; ``5 L + 17`` for a row-max tree of ``L`` levels (27 for ``n <= 100``, 32
-for ``n <= 1000``).
+(a) ``n <= 10`` (19 with the exact default); ``R + 13`` (``R + 14`` exact) for a row max of
+``R`` rounds (10 for ``n <= 100``, 14 for ``n = 128``): 23 / 27 local, 24 / 28 exact. log_softmax
+``R + 13`` (exact: ``R + 18``).
 
 Outside the domains (measured by the sweeps in ``tests/mpc/test_numerics_norm.py``, 2 and 3
 parties, magnitudes ``2**-16 .. 2**46``): ``inv_sqrt`` returns 0 at and above ``2**44`` (the
@@ -60,10 +61,8 @@ from __future__ import annotations
 from crypten_lite.protocols.activations import (
     erf,
     gelu,
-    log_softmax,
     sigmoid,
     silu,
-    softmax,
     tanh,
 )
 from crypten_lite.protocols.elementary import (
@@ -79,6 +78,7 @@ from crypten_lite.protocols.elementary import (
     sqrt,
 )
 from crypten_lite.protocols.moments import standardize
+from crypten_lite.protocols.softmax import log_softmax, softmax
 
 __all__ = [
     "cos",

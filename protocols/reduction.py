@@ -12,8 +12,8 @@ A *group* of ``m <= 10`` candidates is reduced in one comparison depth (5 rounds
 3. One round of bit injection turns the one-hot into arithmetic shares and multiplies each
    candidate's bit by its own payload; summing over the candidates selects the winner's.
 
-Longer dimensions are split into groups and reduced level by level (a tree of fan-in up to 10);
-each level carries the one-hot of its subtree as payload, so the final one-hot over the
+Longer dimensions are split into groups and reduced level by level (a tree of fan-in up to 10,
+with a first level of pairs where that saves a round, see :func:`_plan`); each level carries the one-hot of its subtree as payload, so the final one-hot over the
 original positions costs no extra round. ``m = 2`` needs no AND: 4 rounds, as ReLU.
 
 Results: values at the input's scale (exact: selection, no truncation); one-hots as
@@ -101,8 +101,8 @@ def _pad_candidates(x: Tensor, size: int, party: Party) -> Tensor:
     return F.pad(x, (0, extra), value=_PAD if party.rank == 0 else 0)
 
 
-def _plan(m: int) -> list[int]:
-    """Group sizes of the levels (fan-in at most GROUP_MAX), first level first."""
+def _balanced(m: int) -> list[int]:
+    """Fewest levels of fan-in at most GROUP_MAX, group sizes balanced, first level first."""
     levels = 1
     while math.ceil(m ** (1 / levels)) > GROUP_MAX:
         levels += 1
@@ -112,6 +112,24 @@ def _plan(m: int) -> list[int]:
         sizes.append(g)
         left = math.ceil(left / g)
     return sizes
+
+
+def _rounds(sizes: list[int]) -> int:
+    return sum(4 if g == 2 else 5 for g in sizes)
+
+
+def _plan(m: int) -> list[int]:
+    """Group sizes of the levels, first level first: the fewest rounds.
+
+    A level of pairs costs 4 rounds (no AND), any wider level 5, so a first level of pairs
+    can save a round: 128 = (2, 8, 8) takes 14 rounds where (6, 5, 5) takes 15, and 11 to 20
+    take (2, 10) in 9 where (4, 4) take 10. Ties keep the balanced plan (fewer bytes)."""
+    plan = _balanced(m)
+    if m > 2:
+        paired = [2, *_balanced(math.ceil(m / 2))]
+        if _rounds(paired) < _rounds(plan):
+            return paired
+    return plan
 
 
 def _max_last(x: Tensor, party: Party, want_onehot: bool, tag: str) -> tuple[Tensor, Tensor | None]:
@@ -147,7 +165,8 @@ def max_dim(
     """``[max(x, dim)]`` and optionally the one-hot ``[argmax]`` (arithmetic 0/1, scale 0).
 
     1. Split the dimension into groups of at most 10 (a tree of ``ceil(log_10 m)`` levels for
-       long dimensions; padding loses every comparison).
+       long dimensions, or a first level of pairs and fewer wide levels where that takes
+       fewer rounds: 128 takes (2, 8, 8); padding loses every comparison).
     2. Per level, one comparison depth (module docstring): pairwise comparisons, a multi-input
        AND, and one injection round that selects values (and subtree one-hots).
 

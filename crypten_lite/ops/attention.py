@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from crypten_lite.encoding import mask_limit
-from crypten_lite.ops._common import find_party, public_of, unsupported
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.ops._fixed import wrap_public
+from crypten_lite.protocols.arithmetic import product
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
@@ -74,6 +75,46 @@ def _mask_scores(
     return scores, None
 
 
+def _power_of_two_shift(scale: float) -> int | None:
+    """``s`` with ``scale = 2**-s`` (``0 <= s <= 16``), else ``None``."""
+    mant, expo = math.frexp(scale)
+    shift = 1 - expo
+    return shift if mant == 0.5 and 0 <= shift <= 16 else None
+
+
+def _scores(q: Any, k: Any, scale: float) -> Any:
+    """``q k^T * scale``.
+
+    With two secret fixed-point operands, autograd not recording, and ``scale = 2**-s`` (head
+    dimensions 1, 4, 16, 64, 256, ...), the scale is a shift folded into the product's one
+    truncation (by ``f + s`` bits): one Beaver round and one truncation, where the matmul and
+    the public multiply each truncate (one round each with the exact default). Otherwise the
+    plain torch ops (recorded by autograd)."""
+    shift = _power_of_two_shift(scale)
+    if (
+        shift is not None
+        and isinstance(q, MPCTensor)
+        and isinstance(k, MPCTensor)
+        and public_of(q) is None
+        and public_of(k) is None
+        and q.dtype == k.dtype == torch.float32
+        and q.frac_bits == k.frac_bits == q.party.frac_bits
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    ):
+        party = q.party
+        kt = k._share.transpose(-2, -1).contiguous()
+        z = product(
+            "matmul",
+            q._share.contiguous(),
+            kt,
+            party,
+            shift=party.frac_bits + shift,
+            tag="attention.scores",
+        )
+        return wrap(z, party)
+    return (q @ k.transpose(-2, -1)) * scale
+
+
 def attention_math(
     q: Any,
     k: Any,
@@ -86,7 +127,7 @@ def attention_math(
     """``(softmax(q k^T * scale + mask) v, P)`` with torch ops (recorded by autograd when
     called outside the dispatch table)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale
+    scores = _scores(q, k, scale)
     scores, dead = _mask_scores(scores, attn_mask, is_causal, q, k)
     probs = torch.softmax(scores, dim=-1)
     if dead is not None:  # rows with every key masked: 0, as torch's SDPA (public, local)

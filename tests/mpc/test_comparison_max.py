@@ -28,7 +28,15 @@ def first_onehot(x: torch.Tensor, dim: int, largest: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("shape", "dim", "rounds"),
-    [((9, 2), 1, 4), ((7, 4), -1, 5), ((3, 10), 1, 5), ((2, 37), 1, 10), ((4, 6, 5), 0, 5)],
+    [
+        ((9, 2), 1, 4),
+        ((7, 4), -1, 5),
+        ((3, 10), 1, 5),
+        ((3, 16), 1, 9),  # a level of pairs, then 8: 4 + 5 rounds
+        ((2, 37), 1, 10),
+        ((2, 128), 1, 14),  # (2, 8, 8): 14 rounds where (6, 5, 5) takes 15
+        ((4, 6, 5), 0, 5),
+    ],
 )
 def test_max_and_argmax_exact_with_ties(
     world_size: int, shape: tuple[int, ...], dim: int, rounds: int, run_parties: Run

@@ -59,10 +59,19 @@ def test_softmax_any_length_and_spread(n: int, world_size: int, run_parties: Run
         assert ((lsm - ref).abs() <= 2e-4 + ref.abs() * 2.0**-50).all()
 
 
-def test_softmax_rounds(run_parties: Run) -> None:
-    """2 parties, local truncation: 5 L + 17 rounds for L row-max levels (main before: 25, 34,
-    39); the exact default adds its truncation rounds (pinned in test_truncation_default)."""
-    shapes = {(4, 10): 22, (4, 64): 27, (2, 128): 32}
+@pytest.mark.parametrize(
+    ("truncation", "shapes"),
+    [
+        # row max (5 / 10 / 14 rounds) + segment exp 6 + quotient 7 + 1 settle
+        ("auto", {(4, 10): 19, (4, 64): 24, (2, 128): 28, (3, 2): 14}),
+        ("local", {(4, 10): 18, (4, 64): 23, (2, 128): 27, (3, 2): 13}),
+    ],
+)
+def test_softmax_rounds(
+    truncation: str, shapes: dict[tuple[int, int], int], run_parties: Run
+) -> None:
+    """2 parties: ``L + 14`` rounds for a row max of ``L`` rounds (before this change: 26, 31,
+    36 exact; 22, 27, 32 local); ``n = 2`` compares no row sum (4 + 6 + 3 + 1 = 14)."""
 
     def fn(party: Party) -> dict[tuple[int, int], int]:
         got = {}
@@ -73,7 +82,7 @@ def test_softmax_rounds(run_parties: Run) -> None:
             got[shape] = party.comm.stats.total.rounds - before
         return got
 
-    for res in run_parties(fn, 2, truncation="local"):
+    for res in run_parties(fn, 2, truncation=truncation):
         assert res == shapes
 
 
@@ -187,3 +196,57 @@ def test_zero_dim_softmax(run_parties: Run) -> None:
 
     for res in run_parties(body, 2):
         assert res == [1.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("dealer", "truncation", "world"),
+    [("ttp", "auto", 2), ("tfp", "local", 2), ("ttp", "auto", 3)],
+)
+def test_softmax_segments_dealer_and_truncation(
+    dealer: str, truncation: str, world: int, run_parties: Run
+) -> None:
+    """The dealer process and the 2-party local truncation give the same accuracy: rows whose
+    scores sit at every segment of the exp (0 .. -24 below the maximum, and below), a causal
+    additive mask of -64 as in the GPT-2 workload, and a tied maximum."""
+    g = torch.Generator().manual_seed(11)
+    n = 40
+    x = torch.linspace(0.0, -30.0, n, dtype=torch.float64).repeat(3, 1)
+    x[1] = torch.randn(n, generator=g, dtype=torch.float64) * 6
+    x[2] = torch.randn(n, generator=g, dtype=torch.float64) * 2
+    x[2, n // 2 :] += -64.0  # the workload's causal mask value
+    x[1, :2] = x[1].max() + 1.0  # a tie at the top
+
+    def fn(party: Party) -> torch.Tensor:
+        sx = share(x if party.rank == 0 else None, 0, party, shape=x.shape)
+        (out,) = open_shares([A.softmax(sx, party, -1)], party)  # type: ignore[misc]
+        return decode(out, 16, torch.float64)
+
+    ref = torch.softmax(_enc(x), -1)
+    for got in run_parties(fn, world, dealer=dealer, truncation=truncation):
+        assert (got - ref).abs().max() <= 2e-4
+        assert got[2, n // 2 :].abs().max() == 0  # masked: exactly 0
+        assert got[0, -5:].abs().max() == 0  # more than 16 below the maximum: exactly 0
+
+
+@pytest.mark.parametrize(
+    ("score", "truncation", "bound"),
+    [(-16.01, "auto", 2e-4), (-12.01, "auto", 2e-4), (-12.01, "local", 2e-3)],
+)
+def test_softmax_worst_case_rows(
+    score: float, truncation: str, bound: float, run_parties: Run
+) -> None:
+    """1023 scores at one level under the maximum. Just below the exp's floor (-16) they are
+    dropped: the maximum's probability moves by ``1023 e**-16 = 1.1e-4``. In the last segment
+    (-12, ``e**-12 = 6e-6`` each) the segment weight's rounding adds up over the row: exact
+    truncation gives the weights 6 more bits; local keeps ``f + 2`` (documented ``n 1.2e-6``)."""
+    x = torch.full((1, 1024), score, dtype=torch.float64)
+    x[0, 0] = 0.0
+
+    def fn(party: Party) -> torch.Tensor:
+        sx = share(x if party.rank == 0 else None, 0, party, shape=x.shape)
+        (out,) = open_shares([A.softmax(sx, party, -1)], party)  # type: ignore[misc]
+        return decode(out, 16, torch.float64)
+
+    ref = torch.softmax(_enc(x), -1)
+    for got in run_parties(fn, 2, truncation=truncation):
+        assert (got - ref).abs().max() <= bound
