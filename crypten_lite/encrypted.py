@@ -257,7 +257,9 @@ def _fold_pairs(module: torch.nn.Module, public_names: set[str]) -> list[tuple[s
             continue
         if any(m._forward_hooks or m._forward_pre_hooks for m in (layer, bn)):
             continue
-        own = [(f"{layer_name}.{k}", t) for k, t in layer._parameters.items()]
+        own: list[tuple[str, torch.Tensor | None]] = [
+            (f"{layer_name}.{k}", t) for k, t in layer._parameters.items()
+        ]
         own += [(f"{bn_name}.{k}", t) for k, t in [*bn._parameters.items(), *bn._buffers.items()]]
         if any(
             t is not None and (is_encrypted(t) or tensor_uses[id(t)] != 1 or name in public_names)
@@ -266,6 +268,11 @@ def _fold_pairs(module: torch.nn.Module, public_names: set[str]) -> list[tuple[s
             continue
         pairs.append((layer_name, bn_name))
     return pairs
+
+
+def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    t = getattr(module, name, None)
+    return t if isinstance(t, torch.Tensor) else None
 
 
 def _fold(module: torch.nn.Module, layer_name: str, bn_name: str) -> None:
@@ -277,20 +284,22 @@ def _fold(module: torch.nn.Module, layer_name: str, bn_name: str) -> None:
     Computed in float64 and cast back: exact up to the rounding of the weights' dtype.
     """
     layer, bn = module.get_submodule(layer_name), module.get_submodule(bn_name)
-    weight = layer.weight
-    assert isinstance(weight, torch.Tensor) and isinstance(bn.running_var, torch.Tensor)
-    assert isinstance(bn.running_mean, torch.Tensor)
+    weight, bias = _tensor(layer, "weight"), _tensor(layer, "bias")
+    var, mean = _tensor(bn, "running_var"), _tensor(bn, "running_mean")
+    gamma, beta = _tensor(bn, "weight"), _tensor(bn, "bias")
+    assert weight is not None and var is not None and mean is not None
+    eps = getattr(bn, "eps", 1e-5)
+    assert isinstance(eps, float)
     f64 = torch.float64
     with torch.no_grad():
-        var, mean = bn.running_var.to(f64), bn.running_mean.to(f64)
-        gamma = bn.weight.to(f64) if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias.to(f64) if bn.bias is not None else torch.zeros_like(var)
-        scale = gamma / torch.sqrt(var + bn.eps)
-        bias = layer.bias.to(f64) if layer.bias is not None else torch.zeros_like(var)
+        var, mean = var.to(f64), mean.to(f64)
+        scale = (gamma.to(f64) if gamma is not None else 1.0) / torch.sqrt(var + eps)
+        shift = beta.to(f64) if beta is not None else 0.0
+        old_bias = bias.to(f64) if bias is not None else torch.zeros_like(var)
         new_weight = weight.to(f64) * scale.reshape(-1, *[1] * (weight.dim() - 1))
-        new_bias = (bias - mean) * scale + beta
+        new_bias = (old_bias - mean) * scale + shift
     grad = weight.requires_grad
-    bias_grad = layer.bias.requires_grad if layer.bias is not None else grad
+    bias_grad = bias.requires_grad if bias is not None else grad
     layer.weight = torch.nn.Parameter(new_weight.to(weight.dtype), requires_grad=grad)
     layer.bias = torch.nn.Parameter(new_bias.to(weight.dtype), requires_grad=bias_grad)
     parent_name, _, local = bn_name.rpartition(".")
@@ -482,7 +491,11 @@ def _set_reuse(p: MPCTensor, on: bool) -> None:
 
 
 def _own_encrypted(module: torch.nn.Module) -> list[MPCTensor]:
-    return [p for p in module._parameters.values() if isinstance(p, MPCTensor) and not p.is_fake]
+    out: list[MPCTensor] = []
+    for p in module._parameters.values():
+        if isinstance(p, MPCTensor) and not p.is_fake:
+            out.append(p)
+    return out
 
 
 def _reuse_pre_hook(module: torch.nn.Module, args: Any) -> None:
