@@ -221,12 +221,12 @@ def tensor_payload(tensor: torch.Tensor) -> memoryview:
     one-element view ``x[:, j]`` of a one-row tensor is contiguous with stride 3).
     """
     if (
-        tensor.dtype in NUMPY_DTYPES
+        type(tensor) is torch.Tensor
+        and tensor.dtype in NUMPY_DTYPES
         and not tensor.requires_grad
+        and tensor.is_cpu  # not .device.type: building a device object costs microseconds
         and tensor.is_contiguous()
-        and tensor.device.type == "cpu"
         and tensor.storage_offset() == 0
-        and type(tensor) is torch.Tensor
     ):
         # Fast path for the common case (two torch calls instead of five): shares are plain,
         # contiguous CPU tensors. Empty tensors take the general path (numpy gives them zero
