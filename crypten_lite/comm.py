@@ -414,7 +414,9 @@ class InProcessCommunicator(Communicator):
         self._hub = hub
 
     def _post(self, dst: int, header: bytes, payload: memoryview) -> None:
-        self._hub._queues[(self.rank, dst)].put((header, bytes(payload)))
+        # One copy, writable, so the receiver wraps it in place (tensor_from_payload copies a
+        # read-only ``bytes`` again: two copies of every payload, 160 MB for a 1e7-element one).
+        self._hub._queues[(self.rank, dst)].put((header, bytearray(payload)))
 
     def _fetch(self, src: int, timeout_s: float) -> tuple[Header, torch.Tensor] | None:
         q = self._hub._queues[(src, self.rank)]
