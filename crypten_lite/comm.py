@@ -377,7 +377,7 @@ class InProcessHub:
         self.world_size = world_size
         self.has_dealer = has_dealer
         n = world_size + (1 if has_dealer else 0)
-        self._queues: dict[tuple[int, int], queue.Queue[tuple[bytes, bytes]]] = {
+        self._queues: dict[tuple[int, int], queue.Queue[tuple[bytes, bytes | bytearray]]] = {
             (s, d): queue.Queue() for s in range(n) for d in range(n) if s != d
         }
         self._aborted = threading.Event()
