@@ -424,7 +424,7 @@ class InProcessHub:
         self.world_size = world_size
         self.has_dealer = has_dealer
         n = world_size + (1 if has_dealer else 0)
-        self._queues: dict[tuple[int, int], queue.Queue[tuple[bytes, bytes]]] = {
+        self._queues: dict[tuple[int, int], queue.Queue[tuple[bytes, bytes | bytearray]]] = {
             (s, d): queue.Queue() for s in range(n) for d in range(n) if s != d
         }
         self._aborted = threading.Event()
@@ -461,7 +461,9 @@ class InProcessCommunicator(Communicator):
         self._hub = hub
 
     def _post(self, dst: int, header: bytes, payload: memoryview) -> None:
-        self._hub._queues[(self.rank, dst)].put((header, bytes(payload)))
+        # One copy, writable, so the receiver wraps it in place (tensor_from_payload copies a
+        # read-only ``bytes`` again: two copies of every payload, 160 MB for a 1e7-element one).
+        self._hub._queues[(self.rank, dst)].put((header, bytearray(payload)))
 
     def _fetch(self, src: int, timeout_s: float) -> tuple[Header, torch.Tensor] | None:
         q = self._hub._queues[(src, self.rank)]

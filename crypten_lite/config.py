@@ -13,6 +13,8 @@ Environment variables (all optional):
 ``CRYPTEN_LITE_DEALER``         ``ttp`` (dealer process) or ``tfp`` (party 0, tests only)
 ``CRYPTEN_LITE_TRUNCATION``     ``auto`` (= ``dealer``, exact), ``dealer`` or ``local`` (2 parties, opt-in)
 ``CRYPTEN_LITE_MAX_MESSAGE_BYTES``  largest frame a party accepts (default 4 GiB)
+``CRYPTEN_LITE_MAX_QUEUED_BYTES``   payload bytes one peer may have waiting in a party's inbox
+                                    (default 0: ``max_message_bytes``)
 ``CRYPTEN_LITE_PROTOCOL``       ``beaver`` (additive shares, dealer; default) or ``replicated`` (3 parties)
 ==============================  =========================================================
 """
@@ -52,6 +54,11 @@ class Config:
             explicit speed opt-in) or ``auto`` (``dealer`` for every N; see
             :mod:`crypten_lite.protocols.truncation` for the failure accounting at model scale).
         max_message_bytes: frames announcing more payload than this are refused.
+        max_queued_bytes: the most payload bytes one peer may have read ahead into this party's
+            inbox (messages that arrived before the protocol asked for them). A peer past it
+            ends the session with a clear error naming it, so a peer cannot make a party buffer
+            an unbounded amount of memory. ``0`` (default) means ``max_message_bytes``: one
+            largest message ahead. A local resource limit: parties may set different values.
         protocol: the protocol family: ``beaver`` (additive shares, products from dealer
             triples; any N) or ``replicated`` (2-out-of-3 replicated shares, honest majority,
             exactly 3 parties and no dealer process).
@@ -65,6 +72,7 @@ class Config:
     truncation: str = "auto"
     max_message_bytes: int = 1 << 32
     protocol: str = "beaver"
+    max_queued_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.frac_bits <= 30:
@@ -93,6 +101,17 @@ class Config:
             raise ConfigurationError(
                 f"max_message_bytes must be at least 1024, got {self.max_message_bytes}"
             )
+        if self.max_queued_bytes != 0 and self.max_queued_bytes < 1024:
+            raise ConfigurationError(
+                f"max_queued_bytes must be 0 (= max_message_bytes) or at least 1024, "
+                f"got {self.max_queued_bytes}"
+            )
+
+    @property
+    def queued_bytes_bound(self) -> int:
+        """The per-peer inbox bound in effect (``max_queued_bytes``, or ``max_message_bytes``
+        when it is 0)."""
+        return self.max_queued_bytes or self.max_message_bytes
 
     def replace(self, **changes: object) -> Config:
         """Return a copy with some fields changed (validated again)."""

@@ -77,7 +77,7 @@ _FINGERPRINT_FIELDS = (
 T = TypeVar("T")
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _tuned = False
 
 
@@ -87,10 +87,14 @@ def keep_freed_memory() -> bool:
     Protocols allocate and free many large tensors per op. By default glibc unmaps big blocks
     when they are freed (and trims the heap), so each new tensor page-faults its memory in again
     — a cost comparable to the arithmetic (measured: an 8 MB PRG draw took 3 ms instead of
-    1.4 ms). This raises the mmap threshold to its maximum (32 MiB) and the trim threshold to
-    1 GiB, once per process. A process then keeps the peak of its recent working set (up to
-    1 GiB) mapped. Returns whether the settings were applied (glibc on Linux only; elsewhere,
-    or with another allocator preloaded, nothing changes).
+    1.4 ms). This raises the mmap threshold to its maximum (32 MiB), turns off mmap for larger
+    blocks too (``M_MMAP_MAX = 0``: past the threshold every 80 MB tensor of a 1e7-element op
+    was mapped and faulted in afresh, which made such an op 23x a 1e6-element one instead of
+    10x; ``x*y + x - y`` on 1e7 int64 took 981 ms against 152 ms without mmap), and sets the
+    trim threshold to 1 GiB, once per process. A process then keeps the peak of its recent
+    working set (up to 1 GiB of free heap top) mapped; freed blocks below the top of the heap
+    are reused, not returned to the kernel. Returns whether the settings were applied (glibc
+    on Linux only; elsewhere, or with another allocator preloaded, nothing changes).
     """
     global _tuned
     if _tuned:
@@ -103,7 +107,11 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    ok = (
+        bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+        and bool(mallopt(_M_MMAP_MAX, 0))
+        and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    )
     _tuned = ok
     return ok
 

@@ -426,7 +426,10 @@ class MPCTensor(torch.Tensor):
             _warn_float_cast(func, args, kwargs)
         token = None
         if _USER_CALL.get() is None:
-            token = _USER_CALL.set(_call_name(func))
+            name = _CALL_NAMES.get(func)
+            if name is None:
+                name = _CALL_NAMES[func] = _call_name(func)
+            token = _USER_CALL.set(name)
         try:
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
@@ -522,6 +525,11 @@ def _unsupported_message(func: OpOverload, args: Sequence[Any], reason: str | No
 
 
 def _all_public(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    # Fast answer for the common case, a secret operand at the top level (``x + y``): it is
+    # a leaf of the flattened arguments too, so the answer is False without flattening.
+    for arg in args:
+        if isinstance(arg, MPCTensor) and arg.public_value() is None:
+            return False
     return all(
         leaf.public_value() is not None
         for leaf in tree_flatten((list(args), kwargs))[0]
@@ -615,6 +623,11 @@ def _fake_dispatch(
 
 # ``ops.binary`` registers the A2B factory here (it imports this module, not the reverse).
 _BINARY_FACTORY: dict[str, Callable[..., Any]] = {}
+
+
+# The user-level name of each torch function seen (``torch.nn.functional.conv2d``), computed
+# once: naming costs microseconds, paid by every top-level call on an encrypted tensor.
+_CALL_NAMES: dict[Callable[..., Any], str] = {}
 
 
 # --------------------------------------------------------------------------- local text

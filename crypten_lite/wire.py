@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy
 import torch
@@ -72,24 +72,35 @@ _ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in _DT
 
 @dataclass(frozen=True)
 class Header:
-    """The decoded header of one message."""
+    """The decoded header of one message.
+
+    ``nbytes`` is the payload size in bytes that this header announces (computed once).
+    """
 
     sender: int
     seq: int
     tag: str
     dtype: torch.dtype
     shape: tuple[int, ...]
+    nbytes: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def nbytes(self) -> int:
-        """Payload size in bytes that this header announces."""
-        return payload_nbytes(self.dtype, self.shape)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", payload_nbytes(self.dtype, self.shape))
 
 
 def payload_nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     """Bytes of a C-contiguous tensor of this dtype and shape."""
     itemsize = _ITEMSIZE.get(dtype) or torch.empty((), dtype=dtype).element_size()
     return math.prod(shape) * itemsize
+
+
+# Headers repeat: a protocol sends the same tag, dtype and shape over and over, only the
+# sequence number changes. Both ends keep what they packed or validated once, keyed by
+# everything but the sequence number (bytes 8..16); bounded, since a peer chooses the keys.
+_CACHE_LIMIT = 4096
+_ENCODED: dict[tuple[int, str, torch.dtype, tuple[int, ...]], tuple[bytes, bytes]] = {}
+_DECODED: dict[bytes, tuple[int, str, torch.dtype, tuple[int, ...], int]] = {}
+_SEQ = struct.Struct("<Q")
 
 
 def encode_header(
@@ -100,6 +111,19 @@ def encode_header(
     Raises:
         ProtocolError: the dtype has no wire code, or the shape or tag is too large.
     """
+    key = (sender, tag, dtype, shape)
+    parts = _ENCODED.get(key)
+    if parts is None:
+        whole = _encode_header(sender, 0, tag, dtype, shape)
+        if len(_ENCODED) >= _CACHE_LIMIT:
+            _ENCODED.clear()
+        parts = _ENCODED[key] = (whole[:8], whole[16:])
+    return parts[0] + _SEQ.pack(seq) + parts[1]
+
+
+def _encode_header(
+    sender: int, seq: int, tag: str, dtype: torch.dtype, shape: tuple[int, ...]
+) -> bytes:
     code = _CODES.get(dtype)
     if code is None:
         raise ProtocolError(f"dtype {dtype} cannot be sent (supported: {sorted(map(str, _CODES))})")
@@ -121,6 +145,26 @@ def decode_header(data: bytes | memoryview, max_payload_bytes: int) -> Header:
             (checked before anything is allocated).
     """
     data = bytes(data)
+    key = data[:8] + data[16:]
+    known = _DECODED.get(key)
+    if known is not None:
+        sender, tag, dtype, shape, nbytes = known
+        if nbytes > max_payload_bytes:
+            raise ProtocolError(
+                f"frame announces a {nbytes}-byte tensor, more than the limit of "
+                f"{max_payload_bytes} bytes"
+            )
+        return Header(
+            sender=sender, seq=_SEQ.unpack_from(data, 8)[0], tag=tag, dtype=dtype, shape=shape
+        )
+    header = _decode_header(data, max_payload_bytes)
+    if len(_DECODED) >= _CACHE_LIMIT:
+        _DECODED.clear()
+    _DECODED[key] = (header.sender, header.tag, header.dtype, header.shape, header.nbytes)
+    return header
+
+
+def _decode_header(data: bytes, max_payload_bytes: int) -> Header:
     if len(data) < _FIXED.size:
         raise ProtocolError(f"truncated frame header ({len(data)} bytes)")
     magic, version, code, sender, ndim, tag_len, seq = _FIXED.unpack_from(data)
@@ -177,12 +221,12 @@ def tensor_payload(tensor: torch.Tensor) -> memoryview:
     one-element view ``x[:, j]`` of a one-row tensor is contiguous with stride 3).
     """
     if (
-        tensor.dtype in NUMPY_DTYPES
+        type(tensor) is torch.Tensor
+        and tensor.dtype in NUMPY_DTYPES
         and not tensor.requires_grad
+        and tensor.is_cpu  # not .device.type: building a device object costs microseconds
         and tensor.is_contiguous()
-        and tensor.device.type == "cpu"
         and tensor.storage_offset() == 0
-        and type(tensor) is torch.Tensor
     ):
         # Fast path for the common case (two torch calls instead of five): shares are plain,
         # contiguous CPU tensors. Empty tensors take the general path (numpy gives them zero

@@ -58,6 +58,7 @@ def connect(process: ProcessEnv, config: Config) -> ZmqCommunicator:
         security=security,
         timeout_s=config.timeout_s,
         max_message_bytes=config.max_message_bytes,
+        max_queued_bytes=config.queued_bytes_bound,
         has_dealer=process.has_dealer,
     )
     try:

@@ -31,6 +31,11 @@ Number = int | float | bool
 
 def find_party(*objs: Any) -> Party:
     """The party of the first encrypted tensor found in ``objs`` (nested lists included)."""
+    for obj in objs:  # fast path: the leading leaves, before any container
+        if isinstance(obj, MPCTensor):
+            return obj.party
+        if not (obj is None or isinstance(obj, (int, float, str, torch.Tensor))):
+            break
     for leaf in tree_flatten(list(objs))[0]:
         if isinstance(leaf, MPCTensor):
             return leaf.party

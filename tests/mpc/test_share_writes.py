@@ -28,8 +28,11 @@ def _step(share: torch.Tensor, party, delta: float) -> torch.Tensor:
     return torch.full_like(share, round(delta * 2**16) if party.rank == 0 else 0)
 
 
+@pytest.mark.parametrize("explicit", [True, False], ids=["reuse_weight_masks", "default"])
 @pytest.mark.parametrize("write", ["add_", "setitem", "detach_copy_", "view_add_"])
-def test_a_raw_share_write_refreshes_a_reused_weight_mask(run_parties, world_size, write) -> None:
+def test_a_raw_share_write_refreshes_a_reused_weight_mask(
+    run_parties, world_size, write, explicit
+) -> None:
     torch.manual_seed(0)
     plain = nn.Linear(6, 4)
     x = torch.randn(3, 6) * 4
@@ -37,8 +40,11 @@ def test_a_raw_share_write_refreshes_a_reused_weight_mask(run_parties, world_siz
 
     def body(party):
         with cl.use_party(party), torch.no_grad():
-            enc = cl.nn.reuse_weight_masks(cl.encrypt_module(copy.deepcopy(plain)))
+            enc = cl.encrypt_module(copy.deepcopy(plain))  # reuses masks under no_grad
+            if explicit:
+                cl.nn.reuse_weight_masks(enc)
             before = enc(cl.cryptensor(x)).get_plain_text()  # opens and stores the weight mask
+            assert enc.weight._alias.fixed
             share = enc.weight.share
             step = _step(share, party, delta)
             if write == "add_":

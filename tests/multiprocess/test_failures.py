@@ -207,13 +207,20 @@ def flood_ahead() -> None:
     comm.recv(2 if party.rank == 0 else 0, "never.sent")
 
 
-def test_a_peer_past_its_byte_bound_ends_the_session_with_a_clear_error() -> None:
+@pytest.mark.parametrize(
+    "bound",
+    [{"max_message_bytes": 1 << 20}, {"max_queued_bytes": 1 << 20}],
+    ids=["from max_message_bytes", "Config.max_queued_bytes"],
+)
+def test_a_peer_past_its_byte_bound_ends_the_session_with_a_clear_error(
+    bound: dict[str, int],
+) -> None:
     with pytest.raises(PartyFailedError) as info:
         launch(
             flood_ahead,
             3,
             dealer=False,
-            config=Config(timeout_s=60.0, max_message_bytes=1 << 20),
+            config=Config(timeout_s=60.0, **bound),
             timeout_s=120.0,
             quiet=True,
         )

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from crypten_lite.comm import CommStats, InProcessCommunicator, InProcessHub
-from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
+from crypten_lite.config import Config, config_from_env
+from crypten_lite.errors import (
+    ConfigurationError,
+    PartyFailedError,
+    PartyTimeoutError,
+    ProtocolError,
+)
 from crypten_lite.wire import encode_header
 
 
@@ -127,3 +133,17 @@ def test_bad_peers_and_ranks() -> None:
         c0.send(1, [1, 2], "list")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         hub.communicator(2, timeout_s=1)
+
+
+def test_max_queued_bytes_reads_its_variable_and_defaults_to_the_message_bound() -> None:
+    """``Config.max_queued_bytes`` (the ZeroMQ inbox bound per peer; its effect over real
+    processes: tests/multiprocess/test_failures.py)."""
+    assert Config().queued_bytes_bound == Config().max_message_bytes
+    assert Config(max_message_bytes=4096).queued_bytes_bound == 4096
+    cfg = config_from_env({"CRYPTEN_LITE_MAX_QUEUED_BYTES": str(1 << 20)})
+    assert cfg.max_queued_bytes == cfg.queued_bytes_bound == 1 << 20
+    assert config_from_env(cfg.to_env()) == cfg
+    with pytest.raises(ConfigurationError, match="max_queued_bytes"):
+        Config(max_queued_bytes=100)
+    with pytest.raises(ConfigurationError, match="CRYPTEN_LITE_MAX_QUEUED_BYTES"):
+        config_from_env({"CRYPTEN_LITE_MAX_QUEUED_BYTES": "lots"})

@@ -97,3 +97,20 @@ def test_payload_length_mismatch() -> None:
     h = decode_header(good(), LIMIT)
     with pytest.raises(ProtocolError, match="payload"):
         tensor_from_payload(h, b"\x00" * 47)
+
+
+def test_cached_headers_keep_the_sequence_number_and_the_size_limit() -> None:
+    """Headers packed and validated once are reused for every sequence number; the payload
+    limit still applies to a header seen before under a larger limit."""
+    for seq in (0, 1, 2**40, 2**64 - 1):
+        raw = encode_header(3, seq, "beaver.mul", torch.int64, (4, 5))
+        header = decode_header(raw, 1 << 20)
+        assert (header.sender, header.seq, header.tag) == (3, seq, "beaver.mul")
+        assert (header.dtype, header.shape, header.nbytes) == (torch.int64, (4, 5), 160)
+    raw = encode_header(3, 7, "beaver.mul", torch.int64, (4, 5))
+    with pytest.raises(ProtocolError, match="160-byte tensor"):
+        decode_header(raw, 100)
+    bad = bytearray(raw)
+    bad[2] = 99  # another version, same shape and tag: never served from the cache
+    with pytest.raises(ProtocolError, match="wire version"):
+        decode_header(bytes(bad), 1 << 20)
