@@ -9,7 +9,10 @@
    pair derives a seed from their Diffie-Hellman secret (HKDF, bound to both public keys). The
    seeds key the AES-CTR streams used for pseudo-random zero sharing.
 3. Agree on a seed with the dealer the same way (``ttp``), or let party 0 derive every party's
-   dealer stream (``tfp``, insecure, tests only).
+   dealer stream (``tfp``, insecure, tests only). Under the replicated family (3 parties, no
+   dealer process) there is no dealer: each party instead derives from its pairwise secrets the
+   seeds of the helper-dealer view (:mod:`crypten_lite.helper`), where parties 0 and 1 compute
+   and party 2 deals, and keeps them in :attr:`Party.bridge_seeds`.
 
 Before step 1, each process lets the allocator keep freed tensor memory
 (:func:`keep_freed_memory`), which halves the cost of large protocol steps.
@@ -32,6 +35,7 @@ import torch
 from crypten_lite.comm import Communicator, InProcessHub
 from crypten_lite.config import Config
 from crypten_lite.dealer import Dealer, TrustedFirstParty, TrustedThirdParty, serve_dealer
+from crypten_lite.dealer.third_party import NoDealer
 from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
 from crypten_lite.prg import PRG, KeyPair, derive_seed, fresh_seed
 
@@ -103,6 +107,9 @@ class Party:
         config: session settings, identical on every party (checked at set-up).
         dealer: source of correlated randomness.
         local_prg: this party's private randomness.
+        bridge_seeds: under the replicated family, the seeds of the helper-dealer view by label
+            (``pair/0-1``, ``dealer/0``, ``dealer/1``, ``mask/0-2``), only those this party
+            holds; empty otherwise.
     """
 
     rank: int
@@ -112,6 +119,7 @@ class Party:
     dealer: Dealer
     local_prg: PRG
     _pair_prgs: dict[int, PRG] = field(repr=False)
+    bridge_seeds: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"Party(rank={self.rank}, world_size={self.world_size}, dealer={type(self.dealer).__name__})"
@@ -198,7 +206,17 @@ class Party:
             )
 
         dealer: Dealer
-        if config.dealer == "ttp":
+        bridge_seeds: dict[str, bytes] = {}
+        if config.protocol == "replicated":
+            if n != 3:
+                raise ProtocolError(
+                    f"party {rank}: the replicated family runs with exactly 3 parties, not {n}"
+                )
+            # No dealer process: party 2 deals for parties 0 and 1 (crypten_lite.helper). Each
+            # seed is bound to its own label, so these streams never overlap the PRZS streams.
+            dealer = NoDealer(rank, n)
+            bridge_seeds = _bridge_seeds(rank, pair_secrets, publics)
+        elif config.dealer == "ttp":
             if not comm.has_dealer:
                 raise ProtocolError(
                     f"party {rank}: dealer 'ttp' needs a dealer process; start with "
@@ -228,7 +246,31 @@ class Party:
             dealer=dealer,
             local_prg=PRG(fresh_seed()),
             _pair_prgs=pair_prgs,
+            bridge_seeds=bridge_seeds,
         )
+
+
+def _bridge_seeds(rank: int, secrets: dict[int, bytes], publics: list[bytes]) -> dict[str, bytes]:
+    """The seeds of the helper-dealer view this party holds (see :attr:`Party.bridge_seeds`).
+
+    ``pair/0-1`` keys the view's pairwise stream of parties 0 and 1; ``dealer/i`` the dealer
+    stream party 2 shares with party ``i``; ``mask/0-2`` the mask of the 3-to-2 resharing.
+    """
+    labels = {
+        (0, 1): ["pair/0-1"],
+        (0, 2): ["dealer/0", "mask/0-2"],
+        (1, 2): ["dealer/1"],
+    }
+    seeds = {}
+    for (lo, hi), names in labels.items():
+        if rank not in (lo, hi):
+            continue
+        peer = hi if rank == lo else lo
+        for name in names:
+            seeds[name] = derive_seed(
+                secrets[peer], f"bridge/{name}", _pair_context(publics[lo], publics[hi])
+            )
+    return seeds
 
 
 def dealer_setup(comm: Communicator) -> list[PRG]:

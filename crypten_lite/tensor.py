@@ -472,6 +472,11 @@ def _dispatch(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     impl = entry.impl
     if entry.public_fast and _all_public(args, kwargs):
         impl = functools.partial(_public_dispatch, func)
+    elif _BRIDGE_HOOK:
+        party = _party_of(args, kwargs)
+        if party is not None and party.world_size == 3 and party.config.protocol == "replicated":
+            # The replicated family: non-local ops run on the helper-dealer view (bridge.py).
+            impl = _BRIDGE_HOOK[0](func, impl, args, kwargs)
     depth = _DEPTH.get()
     observers = _OBSERVERS.get()
     depth_token = _DEPTH.set(depth + 1)
@@ -491,6 +496,16 @@ def _dispatch(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         raise EncodingError(_encoding_message(func, args, exc)) from None
     finally:
         _DEPTH.reset(depth_token)
+
+
+def _party_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Party | None:
+    """The party of the first encrypted operand (the first argument, usually: no flattening)."""
+    if args and isinstance(args[0], MPCTensor):
+        return args[0]._party
+    for leaf in tree_flatten((list(args), kwargs))[0]:
+        if isinstance(leaf, MPCTensor):
+            return leaf._party
+    return None
 
 
 def _rank_of(args: Sequence[Any]) -> str:
@@ -615,6 +630,9 @@ def _fake_dispatch(
 
 # ``ops.binary`` registers the A2B factory here (it imports this module, not the reverse).
 _BINARY_FACTORY: dict[str, Callable[..., Any]] = {}
+# ``crypten_lite.bridge`` registers the replicated family's dispatch hook here:
+# ``hook(func, impl, args, kwargs) -> impl`` (the op to run, bridged or native).
+_BRIDGE_HOOK: list[Callable[..., Callable[..., Any]]] = []
 
 
 # --------------------------------------------------------------------------- local text

@@ -7,6 +7,12 @@ The dealer answers with one message, tag ``dealer.reply``: a 1-d int64 tensor, t
 (party 0's derived shares) of every requested item, flattened and concatenated in request
 order. Parties ``1..N-1`` draw everything from their own streams and never exchange a message
 with the dealer after set-up.
+
+In-session serving (the replicated family, :mod:`crypten_lite.helper`): party 2 runs
+:func:`serve_until_done` for parties 0 and 1 during one bridged op, with the same wire format;
+party 0 ends the op with :func:`send_done`, a request list whose last item has kind
+``bridge.done`` (its parameters describe the op's outputs; no reply). :class:`NoDealer` stands
+in where a session has no dealer at all.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from crypten_lite.dealer.request import DealerRequest, DealerStore
 from crypten_lite.errors import PartyTimeoutError, ProtocolError
 from crypten_lite.prg import PRG
 
-__all__ = ["TrustedThirdParty", "serve_dealer"]
+__all__ = ["NoDealer", "TrustedThirdParty", "send_done", "serve_dealer", "serve_until_done"]
 
 
 _REQUEST_TAG = "dealer.request"
 _REPLY_TAG = "dealer.reply"
+DONE_KIND = "bridge.done"
 
 
 def _encode_requests(requests: Sequence[DealerRequest]) -> torch.Tensor:
@@ -161,3 +168,89 @@ def serve_dealer(
         )
         comm.send(0, flat, _REPLY_TAG)
         served += len(requests)
+
+
+class NoDealer(Dealer):
+    """The dealer of a session without one (the replicated family): every request raises.
+
+    Under the replicated family an op that needs correlated randomness runs on the helper-dealer
+    view of :mod:`crypten_lite.helper`, whose parties have a real dealer client; reaching this
+    one means an op was classified as local (``crypten_lite.bridge``) but is not. Every party
+    runs the same classification, so every party raises here alike.
+    """
+
+    def fetch(self, requests: Sequence[DealerRequest]) -> list[list[torch.Tensor]]:
+        kinds = sorted({r.kind for r in requests})
+        raise ProtocolError(
+            f"party {self.rank}: the replicated family has no dealer, but an op ran locally "
+            f"and asked for {kinds}; it must run through the helper-dealer bridge "
+            "(crypten_lite.bridge)"
+        )
+
+    def _release(self, request: DealerRequest) -> None:
+        pass  # nothing was dealt, nothing to forget
+
+
+def send_done(dealer: TrustedThirdParty, params: dict[str, object]) -> None:
+    """Party 0: collect every outstanding reply, then tell the in-session dealer the op is over.
+
+    Pending releases ride in front of the ``bridge.done`` item, as they would in front of the
+    next batch. No reply comes back.
+    """
+    if dealer.rank != 0:
+        return
+    while dealer._inflight:
+        dealer._inflight[0].items()
+    pending, dealer._pending = dealer._pending, []
+    dealer._comm.send(
+        dealer._comm.dealer_rank,
+        _encode_requests([*pending, DealerRequest(DONE_KIND, params)]),
+        _REQUEST_TAG,
+    )
+
+
+def serve_until_done(
+    comm: Communicator,
+    streams: Sequence[PRG],
+    store: DealerStore,
+    *,
+    idle_timeout_s: float | None = None,
+) -> dict[str, object]:
+    """Serve party 0's requests as :func:`serve_dealer` does, until a ``bridge.done`` item.
+
+    Args:
+        comm: the dealer side of a communicator view (rank ``world_size``).
+        streams: the dealer's PRG with each party of the view, by rank.
+        store: the dealer's state, kept across ops (fixed masks outlive one op).
+        idle_timeout_s: give up after this long without a request (``None``: wait forever).
+
+    Returns:
+        The parameters of the ``bridge.done`` item (party 0's description of the op's outputs).
+    """
+    idle = 0.0
+    while True:
+        try:
+            payload = comm.recv(0, _REQUEST_TAG)
+        except PartyTimeoutError:
+            idle += comm.timeout_s
+            if idle_timeout_s is not None and idle >= idle_timeout_s:
+                raise
+            continue
+        idle = 0.0
+        requests = _decode_requests(payload)
+        done = requests[-1] if requests and requests[-1].kind == DONE_KIND else None
+        if done is not None:
+            requests = requests[:-1]
+        if any(r.kind in ("shutdown", DONE_KIND) for r in requests):
+            raise ProtocolError("the in-session dealer got a misplaced shutdown or done item")
+        corrections = [c for r in requests for c in dealer_corrections(streams, r, store)[1]]
+        if done is not None:
+            if corrections:  # only component-less releases may ride along with the done item
+                raise ProtocolError("party 0 asked for material in the same message as done")
+            return dict(done.params)
+        flat = (
+            torch.cat([c.reshape(-1) for c in corrections])
+            if corrections
+            else torch.empty(0, dtype=torch.int64)
+        )
+        comm.send(0, flat, _REPLY_TAG)

@@ -1,0 +1,305 @@
+"""Layer L4: the dispatch hook of the replicated family: non-local ops run on the helper view.
+
+Under ``Config.protocol == "replicated"`` (3 parties, no dealer process) :func:`bridged`
+decides, per aten op, whether it runs natively on the 3-party sharing (ops in
+:data:`NATIVE_OPS`: data movement, additions, public factories — and whatever the replicated
+family registers with :func:`register_native`, its products) or is *bridged*:
+
+1. Reshare: every secret input that is not already held by parties 0 and 1 alone is moved onto
+   them (:func:`~crypten_lite.protocols.helper_dealer.reshare_to_pair`: one message from party 2
+   to party 1 for the whole op, 8 bytes per element; none when every input already has the
+   form). Public inputs are already in that form (party 0 holds the encoding).
+2. Parties 0 and 1 run the op's existing implementation on the 2-party view of the session
+   (:class:`~crypten_lite.helper.HelperSession`: a world-size-2 party in the ``beaver`` family
+   whose dealer client talks to party 2). Nested ops inside it dispatch normally on that view.
+   Party 2 serves their dealer requests with the seeds agreed at set-up until party 0 sends
+   ``bridge.done``, whose note describes the outputs (tree, shapes, strides, dtypes) or carries
+   the op's error, so that every party raises alike.
+3. Results: each secret output is the 2-party sharing on parties 0 and 1 and zeros of the same
+   geometry on party 2, flagged so the next bridged op skips step 1 for it. Stashed protocol
+   by-products (a ReLU's sign bits) stay on the outputs of parties 0 and 1, where the backward
+   op runs. Public outputs (and plain tensors) are sent by party 0 to party 2 after the note.
+   In-place ops write the result back into the 3-party input.
+
+Security: see :mod:`crypten_lite.helper` (semi-honest, honest majority, one corruption; party 2
+sees request shapes and its own masked sends; parties 0 and 1 see a 2-party dealer-model
+transcript).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
+
+from crypten_lite import errors
+from crypten_lite.errors import ProtocolError, UnsupportedOperationError
+from crypten_lite.helper import HelperSession, helper_session
+from crypten_lite.party import Party
+from crypten_lite.protocols.helper_dealer import reshare_to_pair
+from crypten_lite.tensor import _BRIDGE_HOOK, MPCTensor, OpOverload
+
+__all__ = ["NATIVE_OPS", "bridged", "register_native", "uses_bridge"]
+
+aten = torch.ops.aten
+
+# Marks an output of a bridged op: its sharing is already on parties 0 and 1 (zero on 2).
+PAIR_KEY = "bridge.pair"
+
+_LOCAL_NAMES = """
+_reshape_alias.default _unsafe_view.default alias.default as_strided.default
+as_strided_.default cat.default clone.default contiguous.default detach.default detach_.default
+diagonal.default expand.default expand_as.default flatten.using_ints flip.default
+lift_fresh.default movedim.int narrow.default permute.default repeat.default reshape.default
+reshape_as.default roll.default select.int slice.Tensor split.Tensor split_with_sizes.default
+squeeze.default squeeze.dim squeeze.dims squeeze_.default squeeze_.dim squeeze_.dims
+stack.default t.default t_.default transpose.int transpose_.default unbind.int unflatten.int
+unsafe_split.Tensor unsafe_split_with_sizes.default unsqueeze.default unsqueeze_.default
+view.default view_as.default
+add.Tensor add_.Tensor sub.Tensor sub_.Tensor neg.default neg_.default sum.default
+sum.dim_IntList
+empty_like.default zeros_like.default ones_like.default full_like.default new_empty.default
+new_empty_strided.default new_zeros.default new_ones.default new_full.default
+"""
+# Ops that run on the 3-party additive sharing without messages or dealer material.
+NATIVE_OPS: set[OpOverload] = set()
+for _name in _LOCAL_NAMES.split():
+    _packet, _overload = _name.rsplit(".", 1)
+    NATIVE_OPS.add(getattr(getattr(aten, _packet), _overload))
+
+
+def register_native(ops: Iterable[OpOverload]) -> None:
+    """Mark ``ops`` as implemented natively by the replicated family (no bridge)."""
+    NATIVE_OPS.update(ops)
+
+
+def uses_bridge(party: Party) -> bool:
+    """Whether this party's session bridges its non-local ops (the replicated family)."""
+    return party.world_size == 3 and party.config.protocol == "replicated"
+
+
+def _is_native(func: OpOverload, kwargs: dict[str, Any]) -> bool:
+    if func not in NATIVE_OPS:
+        return False
+    # A fractional alpha is a product by a public real: it needs truncation.
+    alpha = kwargs.get("alpha", 1)
+    return isinstance(alpha, int) or (isinstance(alpha, float) and alpha.is_integer())
+
+
+def bridged(
+    func: OpOverload, impl: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[..., Any]:
+    """The implementation to run for ``func`` under the replicated family (module docstring)."""
+    if _is_native(func, kwargs):
+        return impl
+
+    def run(*a: Any, **k: Any) -> Any:
+        return _run_bridged(func, impl, a, k)
+
+    return run
+
+
+def _written_ids(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[int]:
+    """``id`` of every encrypted tensor that ``func`` writes (per its schema)."""
+    written: set[int] = set()
+    if not func._schema.is_mutable:
+        return written
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = args[i] if i < len(args) else kwargs.get(arg.name)
+        for leaf in tree_flatten(value)[0]:
+            if isinstance(leaf, MPCTensor):
+                written.add(id(leaf))
+    return written
+
+
+def _run_bridged(
+    func: OpOverload, impl: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    leaves, spec = tree_flatten((args, kwargs))
+    party = next(x.party for x in leaves if isinstance(x, MPCTensor))
+    session = helper_session(party)
+    # Step 1: reshare the secret inputs that are not yet on parties 0 and 1.
+    moving = [
+        k
+        for k, x in enumerate(leaves)
+        if isinstance(x, MPCTensor) and x.public_value() is None and not x.stashed(PAIR_KEY)
+    ]
+    moved = reshare_to_pair([leaves[k].share for k in moving], party, session.mask_prg)
+    pair_shares = dict(zip(moving, moved, strict=True))
+    written = _written_ids(func, args, kwargs)
+    if session.is_dealer:
+        return _dealer_side(session, func, leaves, written)
+    return _compute_side(session, func, impl, leaves, spec, pair_shares, written)
+
+
+def _compute_side(
+    session: HelperSession,
+    func: OpOverload,
+    impl: Callable[..., Any],
+    leaves: list[Any],
+    spec: Any,
+    pair_shares: dict[int, torch.Tensor],
+    written: set[int],
+) -> Any:
+    view = session.view
+    assert view is not None
+    view_leaves = list(leaves)
+    for k, x in enumerate(leaves):
+        if not isinstance(x, MPCTensor):
+            continue
+        share = pair_shares.get(k, x._share)
+        v = MPCTensor(share, view, dtype=x.dtype, public=x.public_value())
+        if k not in pair_shares and x.stashed(PAIR_KEY):
+            # the same 2-party sharing: its protocol by-products still hold on the view
+            for key, value in _valid_stash(x).items():
+                if key != PAIR_KEY:
+                    v.stash(key, value)
+        view_leaves[k] = v
+    view_args, view_kwargs = tree_unflatten(view_leaves, spec)
+    try:
+        out = impl(*view_args, **view_kwargs)
+    except Exception as exc:
+        session.done({"error": type(exc).__name__, "message": str(exc)}, [])
+        raise
+    out_leaves, out_spec = tree_flatten(out)
+    by_view = {id(v): k for k, v in enumerate(view_leaves) if isinstance(v, MPCTensor)}
+    notes: list[dict[str, Any]] = []
+    public: list[torch.Tensor] = []
+    results: list[Any] = []
+    for leaf in out_leaves:
+        if isinstance(leaf, MPCTensor) and id(leaf) in by_view:
+            notes.append({"k": "input", "i": by_view[id(leaf)]})
+            results.append(leaves[by_view[id(leaf)]])
+        elif isinstance(leaf, MPCTensor) and leaf.public_value() is not None:
+            value = leaf.public_value()
+            assert value is not None
+            notes.append({"k": "public"})
+            public.append(value)
+            results.append(
+                MPCTensor(leaf._share, session.party, dtype=leaf.dtype, public=value)
+            )
+        elif isinstance(leaf, MPCTensor):
+            notes.append(
+                {
+                    "k": "secret",
+                    "shape": list(leaf.shape),
+                    "stride": list(leaf._share.stride()),
+                    "dtype": str(leaf.dtype),
+                    "grad": leaf.requires_grad,
+                }
+            )
+            results.append(_lift(leaf, session.party))
+        elif isinstance(leaf, torch.Tensor):
+            notes.append({"k": "plain"})
+            public.append(leaf)
+            results.append(leaf)
+        elif leaf is None or isinstance(leaf, (bool, int, float, str)):
+            notes.append({"k": "value", "v": leaf})
+            results.append(leaf)
+        else:
+            error = UnsupportedOperationError(
+                f"party {session.party.rank}: {func} returned a {type(leaf).__name__}, which "
+                "the replicated bridge cannot pass to party 2"
+            )
+            session.done({"error": type(error).__name__, "message": str(error)}, [])
+            raise error
+    # In-place ops: the 2-party result goes back into the 3-party tensor they wrote.
+    for k, x in enumerate(leaves):
+        if isinstance(x, MPCTensor) and id(x) in written:
+            v = view_leaves[k]
+            if v._share is not x._share:
+                x._share.copy_(v._share)
+            x.mark_written()
+            x.stash(PAIR_KEY, True)
+    session.done({"tree": treespec_dumps(out_spec), "out": notes}, public)
+    return tree_unflatten(results, out_spec)
+
+
+def _lift(leaf: MPCTensor, party: Party) -> MPCTensor:
+    """A 2-party output of the view as a 3-party tensor (its stash kept, flagged as paired)."""
+    out = MPCTensor(leaf._share, party, dtype=leaf.dtype, requires_grad=leaf.requires_grad)
+    for key, value in _valid_stash(leaf).items():
+        out.stash(key, value)
+    out.stash(PAIR_KEY, True)
+    return out
+
+
+def _valid_stash(x: MPCTensor) -> dict[str, Any]:
+    """``x``'s stashed by-products, unless a write since made them stale."""
+    return dict(x._stash) if x._stash_version == x._alias.version else {}
+
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.int64, torch.bool)}
+
+
+def _dealer_side(
+    session: HelperSession, func: OpOverload, leaves: list[Any], written: set[int]
+) -> Any:
+    note = session.serve()
+    if "error" in note:
+        raise _error(str(note.get("error")), str(note.get("message")), session.party.rank)
+    try:
+        out_spec = treespec_loads(str(note["tree"]))
+        items = note["out"]
+        assert isinstance(items, list)
+    except (KeyError, AssertionError, ValueError, TypeError) as exc:
+        raise ProtocolError(f"party 2: malformed bridge note for {func}: {exc}") from None
+    results: list[Any] = []
+    for item in items:
+        kind = item.get("k")
+        if kind == "input":
+            results.append(leaves[int(item["i"])])
+        elif kind == "secret":
+            share = torch.empty_strided(
+                tuple(item["shape"]), tuple(item["stride"]), dtype=torch.int64
+            ).zero_()
+            out = MPCTensor(
+                share,
+                session.party,
+                dtype=_DTYPES[item["dtype"]],
+                requires_grad=bool(item["grad"]),
+            )
+            out.stash(PAIR_KEY, True)
+            results.append(out)
+        elif kind == "public":
+            value = session.receive_public()
+            results.append(_public_tensor(value, session.party))
+        elif kind == "plain":
+            results.append(session.receive_public())
+        elif kind == "value":
+            results.append(item.get("v"))
+        else:
+            raise ProtocolError(f"party 2: unknown output kind {kind!r} in the bridge note")
+    for x in leaves:
+        if isinstance(x, MPCTensor) and id(x) in written:
+            x._share.zero_()
+            x.mark_written()
+            x.stash(PAIR_KEY, True)
+    return tree_unflatten(results, out_spec)
+
+
+def _public_tensor(value: torch.Tensor, party: Party) -> MPCTensor:
+    # Party 2 is never party 0: its share of a public value is zero.
+    dtype = value.dtype if value.dtype in (torch.int64, torch.bool) else torch.float32
+    share = torch.zeros(value.shape, dtype=torch.int64)
+    return MPCTensor(share, party, dtype=dtype, public=value.to(dtype))
+
+
+def _error(name: str, message: str, rank: int) -> Exception:
+    """Party 2's copy of the error parties 0 and 1 raised in a bridged op."""
+    cls = getattr(errors, name, None) or getattr(builtins, name, None)
+    text = f"party {rank}: parties 0 and 1 raised in a bridged op: {message}"
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(text)
+        except TypeError:
+            pass
+    return ProtocolError(f"{text} ({name})")
+
+
+_BRIDGE_HOOK.append(bridged)
