@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
 
-from crypten_lite import errors
+import crypten_lite.errors as errors
 from crypten_lite.errors import ProtocolError, UnsupportedOperationError
 from crypten_lite.helper import HelperSession, helper_session
 from crypten_lite.party import Party

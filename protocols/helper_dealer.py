@@ -72,13 +72,20 @@ def reshare_to_pair(
         party.comm.send(1, flat, _TAG)
         return [torch.zeros_like(s) for s in shares]
     if party.rank == 0:
-        pieces = mask.split(sizes)
-        for k, piece in zip(sent, pieces, strict=True):
+        for k, piece in zip(sent, _pieces(mask, sizes), strict=True):
             out[k] = shares[k] - piece.reshape(shares[k].shape)
         return out
     received = party.comm.recv(2, _TAG)
     if received.numel() != total:
         raise ValueError(f"party 1: resharing got {received.numel()} elements, expected {total}")
-    for k, piece in zip(sent, received.split(sizes), strict=True):
+    for k, piece in zip(sent, _pieces(received, sizes), strict=True):
         out[k] = out[k] + piece.reshape(shares[k].shape)
+    return out
+
+
+def _pieces(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    out, offset = [], 0
+    for n in sizes:
+        out.append(flat[offset : offset + n])
+        offset += n
     return out
