@@ -1,0 +1,209 @@
+"""The replicated family's bridge: non-local ops between parties 0 and 1, party 2 dealing.
+
+Three parties with ``protocol="replicated"`` and no dealer process; plaintext torch is the
+oracle. Tolerances: comparisons and ReLU are exact on the encoding (one ulp ``2**-16`` from
+rounding the input); approximations keep the documented errors of the 2-party protocols they
+run (``protocols/approximations.py``), which the bridge does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import crypten_lite as cl
+from crypten_lite.errors import EncodingError, ProtocolError
+from crypten_lite.party import Party
+
+Run = Callable[..., list[Any]]
+ULP = 2.0**-16
+GEN = torch.Generator().manual_seed(14)
+
+
+def run3(run_parties: Run, fn: Callable[[Party], Any]) -> list[Any]:
+    return run_parties(fn, 3, protocol="replicated")
+
+
+def spread(n: int, lo: float = -3.0, hi: float = 4.0) -> torch.Tensor:
+    """Magnitudes from 2**-12 to 2**12 with both signs (the whole useful range, not only ~1)."""
+    mags = torch.logspace(lo, hi, n, base=10.0).clamp(max=30000.0)
+    signs = torch.where(torch.rand(n, generator=GEN) < 0.5, -1.0, 1.0)
+    return mags * signs
+
+
+def q(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the fixed-point grid (what the parties actually share)."""
+    return torch.round(x * 2**16) / 2**16
+
+
+def test_comparisons_relu_max_exact(run_parties: Run) -> None:
+    x = spread(300)
+    y = spread(300).flip(0)
+    x[:5] = y[:5]  # ties
+
+    def fn(party: Party) -> dict[str, torch.Tensor]:
+        with cl.use_party(party):
+            a, b = cl.cryptensor(x), cl.cryptensor(y, src=1)
+            m = cl.cryptensor(x.reshape(20, 15))
+            outs = {
+                "relu": F.relu(a),
+                "lt": a < b,
+                "ge": a >= 0.25,
+                "maximum": torch.maximum(a, b),
+                "abs": a.abs(),
+                "max": m.max(dim=1).values,
+                "argmax": m.argmax(dim=1),
+                "pool": F.max_pool2d(m.reshape(1, 1, 20, 15), 2),
+            }
+            return {k: v.get_plain_text() for k, v in outs.items()}
+
+    xq, yq = q(x), q(y)
+    mq = xq.reshape(20, 15)
+    ref = {
+        "relu": F.relu(xq),
+        "lt": xq < yq,
+        "ge": xq >= 0.25,
+        "maximum": torch.maximum(xq, yq),
+        "abs": xq.abs(),
+        "max": mq.max(dim=1).values,
+        "argmax": mq.argmax(dim=1),
+        "pool": F.max_pool2d(mq.reshape(1, 1, 20, 15), 2),
+    }
+    for got in run3(run_parties, fn):
+        for k, r in ref.items():
+            assert torch.equal(got[k].to(r.dtype), r), k
+
+
+def test_approximations_within_their_errors(run_parties: Run) -> None:
+    x = torch.linspace(-8.0, 8.0, 257)
+    pos = torch.logspace(-2, 3, 200)
+    rows = torch.randn(16, 40, generator=GEN) * 4
+
+    def fn(party: Party) -> dict[str, torch.Tensor]:
+        with cl.use_party(party):
+            a, p, r = cl.cryptensor(x), cl.cryptensor(pos), cl.cryptensor(rows)
+            ln = nn.LayerNorm(40)
+            cl.encrypt_module(ln)
+            outs = {
+                "exp": torch.exp(a.clamp(max=6.0)),
+                "sigmoid": torch.sigmoid(a),
+                "gelu": F.gelu(a),
+                "reciprocal": torch.reciprocal(p),
+                "softmax": F.softmax(r, dim=-1),
+                "layer_norm": ln(r),
+            }
+            return {k: v.get_plain_text() for k, v in outs.items()}
+
+    ref = {
+        "exp": torch.exp(x.clamp(max=6.0)),
+        "sigmoid": torch.sigmoid(x),
+        "gelu": F.gelu(x),
+        "reciprocal": torch.reciprocal(pos),
+        "softmax": F.softmax(rows, dim=-1),
+        "layer_norm": F.layer_norm(rows, (40,)),
+    }
+    # (relative, absolute) bounds: the 2-party protocols' documented errors at f = 16
+    tol = {
+        "exp": (1e-3, 1e-3),
+        "sigmoid": (0, 2e-3),
+        "gelu": (0, 5e-3),
+        "reciprocal": (2e-3, 4e-4),
+        "softmax": (0, 2e-3),
+        "layer_norm": (0, 1e-2),
+    }
+    for got in run3(run_parties, fn):
+        for k, r in ref.items():
+            rel, abs_ = tol[k]
+            err = (got[k] - r).abs()
+            assert bool((err <= abs_ + rel * r.abs()).all()), (k, float(err.max()))
+
+
+def test_module_forward_backward_and_inplace(run_parties: Run) -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 6, generator=GEN)
+    target = torch.randn(5, 3, generator=GEN)
+
+    def fn(party: Party) -> dict[str, torch.Tensor]:
+        with cl.use_party(party):
+            import copy
+
+            m = copy.deepcopy(model)
+            cl.encrypt_module(m)
+            xe = cl.cryptensor(x, requires_grad=True)
+            loss = F.mse_loss(m(xe), target)
+            loss.backward()
+            y = cl.cryptensor(x)
+            y.relu_()  # in place: the 2-party result is written back into the 3-party tensor
+            return {
+                "loss": loss.get_plain_text(),
+                "grad:x": xe.grad.get_plain_text(),
+                "grad:w0": m[0].weight.grad.get_plain_text(),
+                "relu_": y.get_plain_text(),
+            }
+
+    xr = x.clone().requires_grad_()
+    loss = F.mse_loss(model(xr), target)
+    loss.backward()
+    assert model[0].weight.grad is not None and xr.grad is not None
+    for got in run3(run_parties, fn):
+        assert abs(float(got["loss"]) - float(loss.detach())) < 1e-3
+        assert torch.allclose(got["grad:x"], xr.grad, atol=2e-3)
+        assert torch.allclose(got["grad:w0"], model[0].weight.grad, atol=2e-3)
+        assert torch.equal(got["relu_"], F.relu(q(x)))
+
+
+def test_party_2_receives_no_share_and_resharing_costs_8_bytes(run_parties: Run) -> None:
+    n = 1000
+    x = spread(n)
+
+    def fn(party: Party) -> dict[str, Any]:
+        with cl.use_party(party):
+            a = cl.cryptensor(x)
+            party.comm.stats.reset()
+            r = F.relu(a)
+            first = party.comm.stats.snapshot()
+            party.comm.stats.reset()
+            F.relu(r)  # r is already on parties 0 and 1: no resharing
+            second = party.comm.stats.snapshot()
+            return {
+                "reshare_first": first.by_tag.get("bridge.reshare"),
+                "reshare_second": second.by_tag.get("bridge.reshare"),
+                "received_tags": sorted(first.by_tag),
+                "received": {t: s.bytes_received for t, s in first.by_tag.items()},
+            }
+
+    res = run3(run_parties, fn)
+    assert res[2]["reshare_first"].bytes_sent == 8 * n
+    assert res[1]["reshare_first"].bytes_received == 8 * n
+    assert res[0]["reshare_first"] is None  # party 0 only draws the mask
+    assert all(r["reshare_second"] is None for r in res)
+    # Party 2 receives dealer requests (JSON: kinds and shapes) and nothing else.
+    assert {t for t, b in res[2]["received"].items() if b} == {"dealer.request"}
+
+
+def test_errors_raise_on_every_party(run_parties: Run) -> None:
+    x = spread(10)
+
+    def fn(party: Party) -> str:
+        with cl.use_party(party):
+            a = cl.cryptensor(x)
+            try:
+                torch.exp(a * 1e30)  # the public factor does not fit the encoding
+            except EncodingError as exc:
+                err = type(exc).__name__
+            b = F.relu(a)  # and the session goes on in step
+            assert b.get_plain_text() is not None
+            return err
+
+    assert run3(run_parties, fn) == ["EncodingError"] * 3
+
+
+def test_replicated_needs_three_parties(run_parties: Run) -> None:
+    with pytest.raises(ProtocolError, match="exactly 3 parties"):
+        run_parties(lambda party: None, 2, protocol="replicated")
