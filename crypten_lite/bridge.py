@@ -180,9 +180,7 @@ def _compute_side(
             assert value is not None
             notes.append({"k": "public"})
             public.append(value)
-            results.append(
-                MPCTensor(leaf._share, session.party, dtype=leaf.dtype, public=value)
-            )
+            results.append(MPCTensor(leaf._share, session.party, dtype=leaf.dtype, public=value))
         elif isinstance(leaf, MPCTensor):
             notes.append(
                 {

@@ -110,9 +110,7 @@ class HelperSession:
             world_size=2,
             comm=self.comm,
             config=party.config.replace(protocol="beaver", dealer="ttp"),
-            dealer=TrustedThirdParty(
-                party.rank, 2, PRG(seeds[f"dealer/{party.rank}"]), self.comm
-            ),
+            dealer=TrustedThirdParty(party.rank, 2, PRG(seeds[f"dealer/{party.rank}"]), self.comm),
             local_prg=PRG(fresh_seed()),
             _pair_prgs={peer: PRG(seeds["pair/0-1"])},
         )
