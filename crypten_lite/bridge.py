@@ -102,10 +102,12 @@ def bridged(
     return run
 
 
-def _written_ids(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[int]:
+def _written_ids(
+    func: OpOverload | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> set[int]:
     """``id`` of every encrypted tensor that ``func`` writes (per its schema)."""
     written: set[int] = set()
-    if not func._schema.is_mutable:
+    if func is None or not func._schema.is_mutable:
         return written
     for i, arg in enumerate(func._schema.arguments):
         if arg.alias_info is None or not arg.alias_info.is_write:
@@ -118,7 +120,7 @@ def _written_ids(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 def _run_bridged(
-    func: OpOverload, impl: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    func: OpOverload | None, impl: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     leaves, spec = tree_flatten((args, kwargs))
     party = next(x.party for x in leaves if isinstance(x, MPCTensor))
@@ -139,7 +141,7 @@ def _run_bridged(
 
 def _compute_side(
     session: HelperSession,
-    func: OpOverload,
+    func: OpOverload | None,
     impl: Callable[..., Any],
     leaves: list[Any],
     spec: Any,
@@ -201,7 +203,7 @@ def _compute_side(
             results.append(leaf)
         else:
             error = UnsupportedOperationError(
-                f"party {session.party.rank}: {func} returned a {type(leaf).__name__}, which "
+                f"party {session.party.rank}: {func or impl} returned a {type(leaf).__name__}, which "
                 "the replicated bridge cannot pass to party 2"
             )
             session.done({"error": type(error).__name__, "message": str(error)}, [])
@@ -216,6 +218,99 @@ def _compute_side(
             x.stash(PAIR_KEY, True)
     session.done({"tree": treespec_dumps(out_spec), "out": notes}, public)
     return tree_unflatten(results, out_spec)
+
+
+def bridged_function(
+    override: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run a kept-whole torch-level call (``implements_function``) on the helper view.
+
+    Such overrides call protocols directly and often build their own autograd node, so they run
+    whole on the view. With gradients on, the bridged call is itself one autograd node
+    (:class:`_BridgedCall`): its backward is a second bridged call in which parties 0 and 1
+    back-propagate through the graph the override built on the view.
+    """
+    leaves, spec = tree_flatten((args, kwargs))
+    slots = [k for k, x in enumerate(leaves) if isinstance(x, MPCTensor)]
+    if not (torch.is_grad_enabled() and any(leaves[k].requires_grad for k in slots)):
+        return _run_bridged(None, override, args, kwargs)
+    call = _Call(override, leaves, spec, slots)
+    flat = _BridgedCall.apply(call, *[leaves[k] for k in slots])  # type: ignore[no-untyped-call]
+    return tree_unflatten(list(flat), call.out_spec)
+
+
+class _Call:
+    """The state one :class:`_BridgedCall` node shares between its forward and backward."""
+
+    def __init__(
+        self, override: Callable[..., Any], leaves: list[Any], spec: Any, slots: list[int]
+    ) -> None:
+        self.override = override
+        self.leaves = leaves
+        self.spec = spec
+        self.slots = slots
+        self.grad_slots = [leaves[k].requires_grad for k in slots]
+        self.out_spec: Any = None
+        self.view_inputs: list[MPCTensor] = []
+        self.view_outputs: list[Any] = []
+
+    def forward_on_view(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Parties 0 and 1: the override on view tensors, with its graph kept for backward."""
+        view_leaves, spec = tree_flatten((args, kwargs))
+        tensors = [x for x in view_leaves if isinstance(x, MPCTensor)]
+        with torch.enable_grad():
+            for v, wants in zip(tensors, self.grad_slots, strict=True):
+                if wants:
+                    v.requires_grad_(True)
+            self.view_inputs = [v for v in tensors if v.requires_grad]
+            a, k = tree_unflatten(view_leaves, spec)
+            out = self.override(*a, **k)
+        self.view_outputs, out_spec = tree_flatten(out)
+        # The output's tree rides along as a string leaf: party 2 learns it from the note.
+        flat = [x.detach() if isinstance(x, torch.Tensor) else x for x in self.view_outputs]
+        return (*flat, treespec_dumps(out_spec))
+
+    def backward_on_view(self, *grads: Any) -> tuple[Any, ...]:
+        """Parties 0 and 1: the input gradients through the override's graph on the view."""
+        pairs = [
+            (o, g)
+            for o, g in zip(self.view_outputs, grads, strict=True)
+            if isinstance(o, torch.Tensor) and o.requires_grad and g is not None
+        ]
+        if not pairs or not self.view_inputs:
+            return tuple(None for _ in self.view_inputs)
+        return tuple(
+            torch.autograd.grad(
+                [o for o, _ in pairs],
+                self.view_inputs,
+                [g for _, g in pairs],
+                allow_unused=True,
+            )
+        )
+
+
+class _BridgedCall(torch.autograd.Function):
+    """One autograd node for a bridged kept-whole call (see :func:`bridged_function`)."""
+
+    @staticmethod
+    def forward(ctx: Any, call: _Call, *tensors: MPCTensor) -> tuple[Any, ...]:
+        leaves = list(call.leaves)
+        for k, t in zip(call.slots, tensors, strict=True):
+            leaves[k] = t
+        a, kw = tree_unflatten(leaves, call.spec)
+        *flat, spec = _run_bridged(None, call.forward_on_view, a, kw)
+        ctx.call = call
+        call.out_spec = treespec_loads(spec)
+        return tuple(flat)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
+        call: _Call = ctx.call
+        got = _run_bridged(None, call.backward_on_view, tuple(grads), {})
+        # One gradient per forward input: the call state, then each tensor (None where its
+        # input did not require one).
+        it = iter(got)
+        return (None, *[next(it) if wants else None for wants in call.grad_slots])
 
 
 def _lift(leaf: MPCTensor, party: Party) -> MPCTensor:
@@ -236,7 +331,7 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.int64, torch.bool)}
 
 
 def _dealer_side(
-    session: HelperSession, func: OpOverload, leaves: list[Any], written: set[int]
+    session: HelperSession, func: OpOverload | None, leaves: list[Any], written: set[int]
 ) -> Any:
     note = session.serve()
     if "error" in note:
@@ -300,4 +395,4 @@ def _error(name: str, message: str, rank: int) -> Exception:
     return ProtocolError(f"{text} ({name})")
 
 
-_BRIDGE_HOOK.append(bridged)
+_BRIDGE_HOOK.extend([bridged, bridged_function])
