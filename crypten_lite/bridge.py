@@ -133,9 +133,9 @@ def _run_bridged(
     ]
     moved = reshare_to_pair([leaves[k].share for k in moving], party, session.mask_prg)
     pair_shares = dict(zip(moving, moved, strict=True))
-    written = _written_ids(func, args, kwargs)
     if session.is_dealer:
-        return _dealer_side(session, func, leaves, written)
+        return _dealer_side(session, func, leaves)
+    written = _written_ids(func, args, kwargs)
     return _compute_side(session, func, impl, leaves, spec, pair_shares, written)
 
 
@@ -163,6 +163,12 @@ def _compute_side(
                     v.stash(key, value)
         view_leaves[k] = v
     view_args, view_kwargs = tree_unflatten(view_leaves, spec)
+    # Writes the schema does not declare (native_batch_norm's running stats) show in versions.
+    before = {
+        k: (v._alias.version, v._share._version)
+        for k, v in enumerate(view_leaves)
+        if isinstance(v, MPCTensor)
+    }
     try:
         out = impl(*view_args, **view_kwargs)
     except Exception as exc:
@@ -209,15 +215,31 @@ def _compute_side(
             session.done({"error": type(error).__name__, "message": str(error)}, [])
             raise error
     # In-place ops: the 2-party result goes back into the 3-party tensor they wrote.
-    for k, x in enumerate(leaves):
-        if isinstance(x, MPCTensor) and id(x) in written:
-            v = view_leaves[k]
-            if v._share is not x._share:
-                x._share.copy_(v._share)
-            x.mark_written()
-            x.stash(PAIR_KEY, True)
-    session.done({"tree": treespec_dumps(out_spec), "out": notes}, public)
+    wrote: list[list[int]] = []
+    for k, v in enumerate(view_leaves):
+        if not isinstance(v, MPCTensor):
+            continue
+        if id(leaves[k]) not in written and before[k] == (v._alias.version, v._share._version):
+            continue
+        x = leaves[k]
+        if v._share is not x._share:
+            x._share.copy_(v._share)
+        value = v.public_value()
+        _mark_written(x, value)
+        wrote.append([k, int(value is not None)])
+        if value is not None:
+            public.append(value)
+    session.done({"tree": treespec_dumps(out_spec), "out": notes, "wrote": wrote}, public)
     return tree_unflatten(results, out_spec)
+
+
+def _mark_written(x: MPCTensor, public: torch.Tensor | None) -> None:
+    """After a bridged write: stale caches dropped; public again if the op made it public."""
+    x.mark_written()
+    if public is not None:
+        x._pub, x._pub_version = public.to(x.dtype), x._alias.version
+    else:
+        x.stash(PAIR_KEY, True)
 
 
 def bridged_function(
@@ -330,9 +352,7 @@ def _valid_stash(x: MPCTensor) -> dict[str, Any]:
 _DTYPES = {str(d): d for d in (torch.float32, torch.int64, torch.bool)}
 
 
-def _dealer_side(
-    session: HelperSession, func: OpOverload | None, leaves: list[Any], written: set[int]
-) -> Any:
+def _dealer_side(session: HelperSession, func: OpOverload | None, leaves: list[Any]) -> Any:
     note = session.serve()
     if "error" in note:
         raise _error(str(note.get("error")), str(note.get("message")), session.party.rank)
@@ -368,11 +388,10 @@ def _dealer_side(
             results.append(item.get("v"))
         else:
             raise ProtocolError(f"party 2: unknown output kind {kind!r} in the bridge note")
-    for x in leaves:
-        if isinstance(x, MPCTensor) and id(x) in written:
-            x._share.zero_()
-            x.mark_written()
-            x.stash(PAIR_KEY, True)
+    for k, is_public in note.get("wrote", []):  # type: ignore[attr-defined]
+        x = leaves[int(k)]
+        x._share.zero_()
+        _mark_written(x, session.receive_public() if is_public else None)
     return tree_unflatten(results, out_spec)
 
 
