@@ -81,7 +81,13 @@ def uses_bridge(party: Party) -> bool:
     return party.world_size == 3 and party.config.protocol == "replicated"
 
 
-def _is_native(func: OpOverload, kwargs: dict[str, Any]) -> bool:
+def _is_native(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if func is aten._to_copy.default:
+        # A cast that stays floating (x.double() keeps float32; int -> float scales by 2**f)
+        # is local; float -> int or bool rounds or compares.
+        target = kwargs.get("dtype")
+        source = args[0].dtype if args and isinstance(args[0], torch.Tensor) else None
+        return target is None or target.is_floating_point or source == target
     if func not in NATIVE_OPS:
         return False
     # A fractional alpha is a product by a public real: it needs truncation.
@@ -93,7 +99,7 @@ def bridged(
     func: OpOverload, impl: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Callable[..., Any]:
     """The implementation to run for ``func`` under the replicated family (module docstring)."""
-    if _is_native(func, kwargs):
+    if _is_native(func, args, kwargs):
         return impl
 
     def run(*a: Any, **k: Any) -> Any:
