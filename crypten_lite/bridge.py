@@ -29,11 +29,17 @@ transcript).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
+from torch.utils._pytree import (
+    tree_flatten,
+    tree_map,
+    tree_unflatten,
+    treespec_dumps,
+    treespec_loads,
+)
 
 import crypten_lite.errors as errors
 from crypten_lite.errors import ProtocolError, UnsupportedOperationError
@@ -42,7 +48,7 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.helper_dealer import reshare_to_pair
 from crypten_lite.tensor import _BRIDGE_HOOK, MPCTensor, OpOverload
 
-__all__ = ["NATIVE_OPS", "bridged", "register_native", "uses_bridge"]
+__all__ = ["NATIVE_OPS", "bridged", "pair_call", "register_native", "uses_bridge"]
 
 aten = torch.ops.aten
 
@@ -339,6 +345,39 @@ class _BridgedCall(torch.autograd.Function):
         # input did not require one).
         it = iter(got)
         return (None, *[next(it) if wants else None for wants in call.grad_slots])
+
+
+def pair_call(
+    party: Party,
+    fn: Callable[..., Any],
+    arith: Sequence[torch.Tensor] = (),
+    xor: Sequence[torch.Tensor] = (),
+) -> Any:
+    """Run a protocol on raw shares between parties 0 and 1, party 2 dealing.
+
+    ``fn(view_party, *arith, *xor)`` receives the 2-party shares of the 3-party arithmetic
+    sharings ``arith`` and XOR sharings ``xor`` (each reshared first) and returns a share tensor
+    or a tuple of them; every party gets its share of each (zeros on party 2). For explicit
+    protocol-level code under the replicated family (``BinaryMPCTensor``).
+    """
+    session = helper_session(party)
+    paired = reshare_to_pair(list(xor), party, session.mask_prg, xor=True)
+    tensors = [MPCTensor(s, party, dtype=torch.int64) for s in arith]
+    for s in paired:
+        t = MPCTensor(s, party, dtype=torch.int64)
+        t.stash(PAIR_KEY, True)  # already moved (XOR-wise): the bridge must not move it again
+        tensors.append(t)
+
+    def on_view(*views: MPCTensor) -> Any:
+        view = session.view
+        out = fn(view, *[v._share for v in views])
+        return tree_map(
+            lambda t: MPCTensor(t, view, dtype=torch.int64) if isinstance(t, torch.Tensor) else t,
+            out,
+        )
+
+    result = _run_bridged(None, on_view, tuple(tensors), {})
+    return tree_map(lambda t: t._share if isinstance(t, MPCTensor) else t, result)
 
 
 def _lift(leaf: MPCTensor, party: Party) -> MPCTensor:

@@ -26,8 +26,12 @@ def reshare_to_pair(
     mask_prg: PRG | None,
     *,
     companion: Sequence[torch.Tensor | None] | None = None,
+    xor: bool = False,
 ) -> list[torch.Tensor]:
     """Turn 3-party additive sharings ``[x]`` into 2-party sharings on parties 0 and 1.
+
+    With ``xor=True`` the sharings are XOR sharings of words (``x = x_0 ^ x_1 ^ x_2``) and every
+    ``+``/``-`` below is ``^``.
 
     1. Party 2 draws ``r`` from the AES-CTR stream it shares with party 0 (``mask_prg``) and
        sends ``m = x_2 + r`` to party 1 (every tensor of the batch in one message).
@@ -55,10 +59,17 @@ def reshare_to_pair(
     has = list(companion) if companion is not None else [None] * len(shares)
     sent = [k for k, c in enumerate(has) if c is None]
     out = [s for s in shares]
+
+    def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a ^ b if xor else a + b
+
+    def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a ^ b if xor else a - b
+
     if party.rank == 1:
         for k, c in enumerate(has):
             if c is not None:
-                out[k] = shares[k] + c
+                out[k] = add(shares[k], c)
     if not sent:
         return [torch.zeros_like(s) for s in out] if party.rank == 2 else out
     sizes = [shares[k].numel() for k in sent]
@@ -68,18 +79,18 @@ def reshare_to_pair(
             raise ValueError(f"party {party.rank}: the resharing needs the mask stream 0-2")
         mask = mask_prg.random_int64((total,))
     if party.rank == 2:
-        flat = torch.cat([shares[k].reshape(-1) for k in sent]) + mask
+        flat = add(torch.cat([shares[k].reshape(-1) for k in sent]), mask)
         party.comm.send(1, flat, _TAG)
         return [torch.zeros_like(s) for s in shares]
     if party.rank == 0:
         for k, piece in zip(sent, _pieces(mask, sizes), strict=True):
-            out[k] = shares[k] - piece.reshape(shares[k].shape)
+            out[k] = sub(shares[k], piece.reshape(shares[k].shape))
         return out
     received = party.comm.recv(2, _TAG)
     if received.numel() != total:
         raise ValueError(f"party 1: resharing got {received.numel()} elements, expected {total}")
     for k, piece in zip(sent, _pieces(received, sizes), strict=True):
-        out[k] = out[k] + piece.reshape(shares[k].shape)
+        out[k] = add(out[k], piece.reshape(shares[k].shape))
     return out
 
 

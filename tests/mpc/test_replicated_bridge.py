@@ -207,3 +207,24 @@ def test_errors_raise_on_every_party(run_parties: Run) -> None:
 def test_replicated_needs_three_parties(run_parties: Run) -> None:
     with pytest.raises(ProtocolError, match="exactly 3 parties"):
         run_parties(lambda party: None, 2, protocol="replicated")
+
+
+def test_binary_and_conversions(run_parties: Run) -> None:
+    x = spread(64)
+    y = spread(64).flip(0)
+
+    def fn(party: Party) -> dict[str, torch.Tensor]:
+        with cl.use_party(party):
+            a, b = cl.cryptensor(x).to_binary(), cl.cryptensor(y, src=1).to_binary()
+            both = a & b
+            return {
+                "and": both.get_plain_text(),
+                "or": (a | b).get_plain_text(),
+                "b2a": both.to_arithmetic().get_plain_text(),
+            }
+
+    wx, wy = torch.round(x.double() * 2**16).long(), torch.round(y.double() * 2**16).long()
+    ref = {"and": wx & wy, "or": wx | wy, "b2a": wx & wy}
+    for got in run3(run_parties, fn):
+        for k, words in ref.items():  # float32 results: exact up to float32 rounding
+            assert torch.allclose(got[k].double(), words.double() / 2**16, rtol=1e-7, atol=ULP), k
