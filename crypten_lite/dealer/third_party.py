@@ -131,6 +131,18 @@ class TrustedThirdParty(Dealer):
             )
 
 
+def _next_requests(comm: Communicator, idle_timeout_s: float | None) -> list[DealerRequest]:
+    """Party 0's next batch of requests, waiting up to ``idle_timeout_s`` (``None``: forever)."""
+    idle = 0.0
+    while True:
+        try:
+            return _decode_requests(comm.recv(0, _REQUEST_TAG))
+        except PartyTimeoutError:
+            idle += comm.timeout_s
+            if idle_timeout_s is not None and idle >= idle_timeout_s:
+                raise
+
+
 def serve_dealer(
     comm: Communicator, streams: Sequence[PRG], *, idle_timeout_s: float | None = None
 ) -> int:
@@ -146,18 +158,9 @@ def serve_dealer(
         The number of items served.
     """
     served = 0
-    idle = 0.0
     store = DealerStore()
     while True:
-        try:
-            payload = comm.recv(0, _REQUEST_TAG)
-        except PartyTimeoutError:
-            idle += comm.timeout_s
-            if idle_timeout_s is not None and idle >= idle_timeout_s:
-                raise
-            continue
-        idle = 0.0
-        requests = _decode_requests(payload)
+        requests = _next_requests(comm, idle_timeout_s)
         if any(r.kind == "shutdown" for r in requests):
             return served
         corrections = [c for r in requests for c in dealer_corrections(streams, r, store)[1]]
@@ -227,17 +230,8 @@ def serve_until_done(
     Returns:
         The parameters of the ``bridge.done`` item (party 0's description of the op's outputs).
     """
-    idle = 0.0
     while True:
-        try:
-            payload = comm.recv(0, _REQUEST_TAG)
-        except PartyTimeoutError:
-            idle += comm.timeout_s
-            if idle_timeout_s is not None and idle >= idle_timeout_s:
-                raise
-            continue
-        idle = 0.0
-        requests = _decode_requests(payload)
+        requests = _next_requests(comm, idle_timeout_s)
         done = requests[-1] if requests and requests[-1].kind == DONE_KIND else None
         if done is not None:
             requests = requests[:-1]

@@ -41,6 +41,23 @@ def q(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x * 2**16) / 2**16
 
 
+def grid(t: Any) -> Any:
+    return t.reshape(20, 15)
+
+
+# Each op runs on the encrypted operands and on their plaintexts (the oracle) alike.
+EXACT: dict[str, Callable[[Any, Any], Any]] = {
+    "relu": lambda a, b: F.relu(a),
+    "lt": lambda a, b: a < b,
+    "ge": lambda a, b: a >= 0.25,
+    "maximum": torch.maximum,
+    "abs": lambda a, b: a.abs(),
+    "max": lambda a, b: grid(a).max(dim=1).values,
+    "argmax": lambda a, b: grid(a).argmax(dim=1),
+    "pool": lambda a, b: F.max_pool2d(grid(a).reshape(1, 1, 20, 15), 2),
+}
+
+
 def test_comparisons_relu_max_exact(run_parties: Run) -> None:
     x = spread(300)
     y = spread(300).flip(0)
@@ -49,34 +66,31 @@ def test_comparisons_relu_max_exact(run_parties: Run) -> None:
     def fn(party: Party) -> dict[str, torch.Tensor]:
         with cl.use_party(party):
             a, b = cl.cryptensor(x), cl.cryptensor(y, src=1)
-            m = cl.cryptensor(x.reshape(20, 15))
-            outs = {
-                "relu": F.relu(a),
-                "lt": a < b,
-                "ge": a >= 0.25,
-                "maximum": torch.maximum(a, b),
-                "abs": a.abs(),
-                "max": m.max(dim=1).values,
-                "argmax": m.argmax(dim=1),
-                "pool": F.max_pool2d(m.reshape(1, 1, 20, 15), 2),
-            }
-            return {k: v.get_plain_text() for k, v in outs.items()}
+            return {k: op(a, b).get_plain_text() for k, op in EXACT.items()}
 
-    xq, yq = q(x), q(y)
-    mq = xq.reshape(20, 15)
-    ref = {
-        "relu": F.relu(xq),
-        "lt": xq < yq,
-        "ge": xq >= 0.25,
-        "maximum": torch.maximum(xq, yq),
-        "abs": xq.abs(),
-        "max": mq.max(dim=1).values,
-        "argmax": mq.argmax(dim=1),
-        "pool": F.max_pool2d(mq.reshape(1, 1, 20, 15), 2),
-    }
+    ref = {k: op(q(x), q(y)) for k, op in EXACT.items()}
     for got in run3(run_parties, fn):
         for k, r in ref.items():
             assert torch.equal(got[k].to(r.dtype), r), k
+
+
+APPROX: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "exp": lambda a, p, r: torch.exp(a.clamp(max=6.0)),
+    "sigmoid": lambda a, p, r: torch.sigmoid(a),
+    "gelu": lambda a, p, r: F.gelu(a),
+    "reciprocal": lambda a, p, r: torch.reciprocal(p),
+    "softmax": lambda a, p, r: F.softmax(r, dim=-1),
+    "layer_norm": lambda a, p, r: F.layer_norm(r, (40,)),
+}
+# (relative, absolute) bounds: the 2-party protocols' documented errors at f = 16
+APPROX_TOL = {
+    "exp": (1e-3, 1e-3),
+    "sigmoid": (0, 2e-3),
+    "gelu": (0, 5e-3),
+    "reciprocal": (2e-3, 4e-4),
+    "softmax": (0, 2e-3),
+    "layer_norm": (0, 1e-2),
+}
 
 
 def test_approximations_within_their_errors(run_parties: Run) -> None:
@@ -86,39 +100,13 @@ def test_approximations_within_their_errors(run_parties: Run) -> None:
 
     def fn(party: Party) -> dict[str, torch.Tensor]:
         with cl.use_party(party):
-            a, p, r = cl.cryptensor(x), cl.cryptensor(pos), cl.cryptensor(rows)
-            ln = nn.LayerNorm(40)
-            cl.encrypt_module(ln)
-            outs = {
-                "exp": torch.exp(a.clamp(max=6.0)),
-                "sigmoid": torch.sigmoid(a),
-                "gelu": F.gelu(a),
-                "reciprocal": torch.reciprocal(p),
-                "softmax": F.softmax(r, dim=-1),
-                "layer_norm": ln(r),
-            }
-            return {k: v.get_plain_text() for k, v in outs.items()}
+            enc = cl.cryptensor(x), cl.cryptensor(pos), cl.cryptensor(rows)
+            return {k: op(*enc).get_plain_text() for k, op in APPROX.items()}
 
-    ref = {
-        "exp": torch.exp(x.clamp(max=6.0)),
-        "sigmoid": torch.sigmoid(x),
-        "gelu": F.gelu(x),
-        "reciprocal": torch.reciprocal(pos),
-        "softmax": F.softmax(rows, dim=-1),
-        "layer_norm": F.layer_norm(rows, (40,)),
-    }
-    # (relative, absolute) bounds: the 2-party protocols' documented errors at f = 16
-    tol = {
-        "exp": (1e-3, 1e-3),
-        "sigmoid": (0, 2e-3),
-        "gelu": (0, 5e-3),
-        "reciprocal": (2e-3, 4e-4),
-        "softmax": (0, 2e-3),
-        "layer_norm": (0, 1e-2),
-    }
+    ref = {k: op(x, pos, rows) for k, op in APPROX.items()}
     for got in run3(run_parties, fn):
         for k, r in ref.items():
-            rel, abs_ = tol[k]
+            rel, abs_ = APPROX_TOL[k]
             err = (got[k] - r).abs()
             assert bool((err <= abs_ + rel * r.abs()).all()), (k, float(err.max()))
 
