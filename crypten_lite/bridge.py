@@ -48,7 +48,14 @@ from crypten_lite.party import Party
 from crypten_lite.protocols.helper_dealer import reshare_to_pair
 from crypten_lite.tensor import _BRIDGE_HOOK, MPCTensor, OpOverload
 
-__all__ = ["NATIVE_OPS", "bridged", "pair_call", "register_native", "uses_bridge"]
+__all__ = [
+    "NATIVE_OPS",
+    "bridged",
+    "pair_call",
+    "register_companion",
+    "register_native",
+    "uses_bridge",
+]
 
 aten = torch.ops.aten
 
@@ -75,6 +82,18 @@ NATIVE_OPS: set[OpOverload] = set()
 for _name in _LOCAL_NAMES.split():
     _packet, _overload = _name.rsplit(".", 1)
     NATIVE_OPS.add(getattr(getattr(aten, _packet), _overload))
+
+
+# How party 1 finds its copy of party 2's share (the replicated companion), registered by the
+# replicated family: ``fn(x)`` returns, on party 1, ``x_2`` when it holds it; on parties 0 and
+# 2, any tensor when party 1 holds it (they then draw no mask for ``x``); ``None`` otherwise,
+# alike on every party. Such inputs cost no resharing message.
+_COMPANION: list[Callable[[MPCTensor], torch.Tensor | None]] = []
+
+
+def register_companion(fn: Callable[[MPCTensor], torch.Tensor | None]) -> None:
+    """Let the bridge reshare for free the inputs whose companion party 1 holds."""
+    _COMPANION[:] = [fn]
 
 
 def register_native(ops: Iterable[OpOverload]) -> None:
@@ -143,7 +162,10 @@ def _run_bridged(
         for k, x in enumerate(leaves)
         if isinstance(x, MPCTensor) and x.public_value() is None and not x.stashed(PAIR_KEY)
     ]
-    moved = reshare_to_pair([leaves[k].share for k in moving], party, session.mask_prg)
+    companion = [_COMPANION[0](leaves[k]) for k in moving] if _COMPANION else None
+    moved = reshare_to_pair(
+        [leaves[k].share for k in moving], party, session.mask_prg, companion=companion
+    )
     pair_shares = dict(zip(moving, moved, strict=True))
     if session.is_dealer:
         return _dealer_side(session, func, leaves)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import crypten_lite as cl
+from crypten_lite import bridge
 from crypten_lite.errors import EncodingError, ProtocolError
 from crypten_lite.party import Party
 
@@ -216,3 +217,34 @@ def test_binary_and_conversions(run_parties: Run) -> None:
     for got in run3(run_parties, fn):
         for k, words in ref.items():  # float32 results: exact up to float32 rounding
             assert torch.allclose(got[k].double(), words.double() / 2**16, rtol=1e-7, atol=ULP), k
+
+
+def test_companion_hook_skips_the_resharing_message(run_parties: Run) -> None:
+    """Where party 1 holds party 2's share (the replicated companion), resharing is free."""
+    x = spread(50)
+    held: dict[tuple[int, int], torch.Tensor] = {}
+
+    def companion(t: Any) -> torch.Tensor | None:
+        return held.get((t.party.rank, id(t)))
+
+    def fn(party: Party) -> tuple[torch.Tensor, Any]:
+        with cl.use_party(party):
+            a = cl.cryptensor(x)
+            # stand-in for the replicated sharing: party 1 learns x_2 (test only)
+            if party.rank == 2:
+                party.comm.send(1, a.share, "test.companion")
+            held[(party.rank, id(a))] = (
+                party.comm.recv(2, "test.companion") if party.rank == 1 else torch.empty(0)
+            )
+            party.comm.stats.reset()
+            r = F.relu(a)
+            return r.get_plain_text(), party.comm.stats.by_tag.get("bridge.reshare")
+
+    bridge.register_companion(companion)
+    try:
+        res = run3(run_parties, fn)
+    finally:
+        bridge._COMPANION.clear()
+    for got, reshare in res:
+        assert torch.equal(got, F.relu(q(x)))
+        assert reshare is None
