@@ -29,6 +29,7 @@ transcript).
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -77,11 +78,14 @@ sum.dim_IntList
 empty_like.default zeros_like.default ones_like.default full_like.default new_empty.default
 new_empty_strided.default new_zeros.default new_ones.default new_full.default
 """
-# Ops that run on the 3-party additive sharing without messages or dealer material.
-NATIVE_OPS: set[OpOverload] = set()
-for _name in _LOCAL_NAMES.split():
-    _packet, _overload = _name.rsplit(".", 1)
-    NATIVE_OPS.add(getattr(getattr(aten, _packet), _overload))
+# Ops that run on the 3-party additive sharing without messages or dealer material. They are
+# linear maps of the shares (public constants added by party 0 only), so a zero share on party
+# 2 stays zero: their outputs keep the paired form of their inputs.
+_LOCAL_OPS: frozenset[OpOverload] = frozenset(
+    getattr(getattr(aten, name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1])
+    for name in _LOCAL_NAMES.split()
+)
+NATIVE_OPS: set[OpOverload] = set(_LOCAL_OPS)
 
 
 # How party 1 finds its copy of party 2's share (the replicated companion), registered by the
@@ -125,12 +129,33 @@ def bridged(
 ) -> Callable[..., Any]:
     """The implementation to run for ``func`` under the replicated family (module docstring)."""
     if _is_native(func, args, kwargs):
+        if func in _LOCAL_OPS and _all_paired(args, kwargs):
+            return functools.partial(_keep_paired, impl)
         return impl
 
     def run(*a: Any, **k: Any) -> Any:
         return _run_bridged(func, impl, a, k)
 
     return run
+
+
+def _all_paired(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether every secret operand is held by parties 0 and 1 alone (and there is one)."""
+    secret = [
+        x
+        for x in tree_flatten((args, kwargs))[0]
+        if isinstance(x, MPCTensor) and x.public_value() is None
+    ]
+    return bool(secret) and all(x.stashed(PAIR_KEY) for x in secret)
+
+
+def _keep_paired(impl: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a local op on paired operands; flag its secret outputs as paired too."""
+    out = impl(*args, **kwargs)
+    for leaf in tree_flatten(out)[0]:
+        if isinstance(leaf, MPCTensor) and leaf.public_value() is None:
+            leaf.stash(PAIR_KEY, True)
+    return out
 
 
 def _written_ids(
