@@ -208,9 +208,10 @@ class Party:
         dealer: Dealer
         bridge_seeds: dict[str, bytes] = {}
         if config.protocol == "replicated":
-            if n != 3:
+            if n != 3 or comm.has_dealer:
                 raise ProtocolError(
-                    f"party {rank}: the replicated family runs with exactly 3 parties, not {n}"
+                    f"party {rank}: the replicated family runs with exactly 3 parties and no "
+                    f"dealer process, not {n} parties{' and a dealer' if comm.has_dealer else ''}"
                 )
             # No dealer process: party 2 deals for parties 0 and 1 (crypten_lite.helper). Each
             # seed is bound to its own label, so these streams never overlap the PRZS streams.

@@ -194,7 +194,7 @@ def test_errors_raise_on_every_party(run_parties: Run) -> None:
 
 
 def test_replicated_needs_three_parties(run_parties: Run) -> None:
-    with pytest.raises(ProtocolError, match="exactly 3 parties"):
+    with pytest.raises(ProtocolError, match="exactly 3 parties and no dealer"):
         run_parties(lambda party: None, 2, protocol="replicated")
 
 
