@@ -72,7 +72,8 @@ reshape_as.default roll.default select.int slice.Tensor split.Tensor split_with_
 squeeze.default squeeze.dim squeeze.dims squeeze_.default squeeze_.dim squeeze_.dims
 stack.default t.default t_.default transpose.int transpose_.default unbind.int unflatten.int
 unsafe_split.Tensor unsafe_split_with_sizes.default unsqueeze.default unsqueeze_.default
-view.default view_as.default
+view.default view_as.default unfold.default tril.default triu.default select_backward.default
+slice_backward.default diagonal_backward.default unfold_backward.default diag_embed.default
 add.Tensor add_.Tensor sub.Tensor sub_.Tensor neg.default neg_.default sum.default
 sum.dim_IntList
 empty_like.default zeros_like.default ones_like.default full_like.default new_empty.default
