@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from crypten_lite.bridge import pair_call, uses_bridge
 from crypten_lite.encoding import decode
 from crypten_lite.errors import SecretLeakError
 from crypten_lite.party import Party
@@ -114,6 +115,9 @@ class BinaryMPCTensor:
     def __and__(self, other: Operand) -> BinaryMPCTensor:
         """``x & y``: local with a public word, one round with a secret one."""
         if isinstance(other, BinaryMPCTensor):
+            if uses_bridge(self._party):  # replicated family: parties 0 and 1, party 2 deals
+                shares = [self._share, other._share]
+                return self._new(pair_call(self._party, _and, xor=shares))
             return self._new(binary.and_(self._share, other._share, self._party))
         return self._new(binary.and_public(self._share, self._public_word(other)))
 
@@ -148,13 +152,31 @@ class BinaryMPCTensor:
 
     def to_arithmetic(self) -> MPCTensor:
         """Arithmetic shares of the same value (B2A: 1 round, 8 bytes per element and peer)."""
-        share = conversion.b2a(self._share, self._party)
+        if uses_bridge(self._party):
+            share = pair_call(self._party, _b2a, xor=[self._share])
+        else:
+            share = conversion.b2a(self._share, self._party)
         return MPCTensor(share, self._party)
 
     @classmethod
     def from_arithmetic(cls, x: MPCTensor) -> BinaryMPCTensor:
         """XOR shares of an arithmetic sharing (A2B: 7 rounds, 184 bytes per element and peer)."""
+        if uses_bridge(x.party):
+            share = pair_call(x.party, _a2b, arith=[x.share.contiguous()])
+            return cls(share, x.party, x.frac_bits)
         return cls(conversion.a2b(x.share.contiguous(), x.party), x.party, x.frac_bits)
+
+
+def _and(party: Party, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return binary.and_(x, y, party)
+
+
+def _a2b(party: Party, share: torch.Tensor) -> torch.Tensor:
+    return conversion.a2b(share, party)
+
+
+def _b2a(party: Party, share: torch.Tensor) -> torch.Tensor:
+    return conversion.b2a(share, party)
 
 
 _BINARY_FACTORY["from_arithmetic"] = BinaryMPCTensor.from_arithmetic

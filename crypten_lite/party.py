@@ -13,7 +13,9 @@
    (``config.protocol == "replicated"``: exactly 3 parties, no dealer process) there is no
    dealer seed: products and truncation use the pairwise streams
    (:mod:`crypten_lite.protocols.replicated`) and ``party.dealer`` is a
-   :class:`NoDealer` placeholder.
+   :class:`NoDealer` placeholder. The non-linear ops run between parties 0 and 1
+   with party 2 dealing for them (:mod:`crypten_lite.helper`), from seeds each party derives
+   from its pairwise secrets and keeps in :attr:`Party.bridge_seeds`.
 
 Before step 1, each process lets the allocator keep freed tensor memory
 (:func:`keep_freed_memory`), which halves the cost of large protocol steps.
@@ -171,6 +173,9 @@ class Party:
         config: session settings, identical on every party (checked at set-up).
         dealer: source of correlated randomness.
         local_prg: this party's private randomness.
+        bridge_seeds: under the replicated family, the seeds of the helper-dealer view by label
+            (``pair/0-1``, ``dealer/0``, ``dealer/1``, ``mask/0-2``), only those this party
+            holds; empty otherwise.
     """
 
     rank: int
@@ -185,6 +190,7 @@ class Party:
     # does not propagate the companion) has none, and an in-place write to the share bumps
     # torch's version counter, which makes the recorded companion stale (see companion()).
     _companions: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary, repr=False)
+    bridge_seeds: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"Party(rank={self.rank}, world_size={self.world_size}, dealer={type(self.dealer).__name__})"
@@ -316,9 +322,12 @@ class Party:
             )
 
         dealer: Dealer
+        bridge_seeds: dict[str, bytes] = {}
         if config.protocol == "replicated":
-            # Pairwise seeds only: the family's correlated randomness comes from them.
+            # No dealer process (checked above): party 2 deals for parties 0 and 1 (crypten_lite.helper). Each
+            # seed is bound to its own label, so these streams never overlap the PRZS streams.
             dealer = NoDealer(rank, n)
+            bridge_seeds = _bridge_seeds(rank, pair_secrets, publics)
         elif config.dealer == "ttp":
             if not comm.has_dealer:
                 raise ProtocolError(
@@ -349,7 +358,31 @@ class Party:
             dealer=dealer,
             local_prg=PRG(fresh_seed()),
             _pair_prgs=pair_prgs,
+            bridge_seeds=bridge_seeds,
         )
+
+
+def _bridge_seeds(rank: int, secrets: dict[int, bytes], publics: list[bytes]) -> dict[str, bytes]:
+    """The seeds of the helper-dealer view this party holds (see :attr:`Party.bridge_seeds`).
+
+    ``pair/0-1`` keys the view's pairwise stream of parties 0 and 1; ``dealer/i`` the dealer
+    stream party 2 shares with party ``i``; ``mask/0-2`` the mask of the 3-to-2 resharing.
+    """
+    labels = {
+        (0, 1): ["pair/0-1"],
+        (0, 2): ["dealer/0", "mask/0-2"],
+        (1, 2): ["dealer/1"],
+    }
+    seeds = {}
+    for (lo, hi), names in labels.items():
+        if rank not in (lo, hi):
+            continue
+        peer = hi if rank == lo else lo
+        for name in names:
+            seeds[name] = derive_seed(
+                secrets[peer], f"bridge/{name}", _pair_context(publics[lo], publics[hi])
+            )
+    return seeds
 
 
 def dealer_setup(comm: Communicator) -> list[PRG]:

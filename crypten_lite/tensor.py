@@ -276,8 +276,19 @@ class MPCTensor(torch.Tensor):
         return self._stash.get(key)
 
     def mark_written(self) -> None:
-        """Record an in-place write to the share: public values and stashes become stale."""
+        """Record an in-place write to the share: public values and stashes become stale.
+
+        Also bumps torch's version counter of the share buffer (shared by all its views): an
+        in-place write made inside ``__torch_dispatch__`` (where every op implementation runs)
+        does not bump it, since the autograd keys that do are excluded there, and state keyed
+        by that counter — the replicated family's companion shares (``Party.companion``) — must
+        see the write, or a stale companion would give a silently wrong product.
+        """
         self._alias.mark_written()
+        try:
+            torch.autograd.graph.increment_version(self._share)
+        except RuntimeError:  # an inference-mode tensor has no version counter
+            pass
 
     def get_plain_text(self, dst: int | None = None) -> torch.Tensor | None:
         """Open and decode the value: every party gets it, or only ``dst`` (others get ``None``).
@@ -421,6 +432,15 @@ class MPCTensor(torch.Tensor):
             return _text(args[0])
         override = _FUNCTIONS.get(func)
         if override is not None:
+            if _BRIDGE_HOOK and _FAKE.get() is None:
+                party = _party_of(tuple(args), kwargs)
+                if (
+                    party is not None
+                    and party.world_size == 3
+                    and party.config.protocol == "replicated"
+                ):
+                    # kept-whole calls call protocols directly: run them whole on the view
+                    return _BRIDGE_HOOK[1](override, tuple(args), kwargs)
             return override(*args, **kwargs)
         if func in _CAST_FUNCTIONS:
             _warn_float_cast(func, args, kwargs)
@@ -475,6 +495,11 @@ def _dispatch(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     impl = entry.impl
     if entry.public_fast and _all_public(args, kwargs):
         impl = functools.partial(_public_dispatch, func)
+    elif _BRIDGE_HOOK:
+        party = _party_of(args, kwargs)
+        if party is not None and party.world_size == 3 and party.config.protocol == "replicated":
+            # The replicated family: non-local ops run on the helper-dealer view (bridge.py).
+            impl = _BRIDGE_HOOK[0](func, impl, args, kwargs)
     depth = _DEPTH.get()
     observers = _OBSERVERS.get()
     depth_token = _DEPTH.set(depth + 1)
@@ -494,6 +519,16 @@ def _dispatch(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         raise EncodingError(_encoding_message(func, args, exc)) from None
     finally:
         _DEPTH.reset(depth_token)
+
+
+def _party_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Party | None:
+    """The party of the first encrypted operand (the first argument, usually: no flattening)."""
+    if args and isinstance(args[0], MPCTensor):
+        return args[0]._party
+    for leaf in tree_flatten((list(args), kwargs))[0]:
+        if isinstance(leaf, MPCTensor):
+            return leaf._party
+    return None
 
 
 def _rank_of(args: Sequence[Any]) -> str:
@@ -623,6 +658,9 @@ def _fake_dispatch(
 
 # ``ops.binary`` registers the A2B factory here (it imports this module, not the reverse).
 _BINARY_FACTORY: dict[str, Callable[..., Any]] = {}
+# ``crypten_lite.bridge`` registers the replicated family's dispatch hook here:
+# ``hook(func, impl, args, kwargs) -> impl`` (the op to run, bridged or native).
+_BRIDGE_HOOK: list[Callable[..., Callable[..., Any]]] = []
 
 
 # The user-level name of each torch function seen (``torch.nn.functional.conv2d``), computed

@@ -34,11 +34,13 @@ LAYERS = {
     "crypten_lite.comm": 2,
     "crypten_lite.dealer": 2,
     "crypten_lite.party": 2,
+    "crypten_lite.helper": 2,
     "crypten_lite.protocols": 3,
     "crypten_lite.tensor": 4,
     "crypten_lite.tensor_table": 4,
     "crypten_lite.tensor_context": 4,
     "crypten_lite.binary": 4,
+    "crypten_lite.bridge": 4,
     "crypten_lite.ops": 4,
     "crypten_lite.nn": 5,
     "crypten_lite.api": 5,
@@ -190,6 +192,10 @@ PUBLIC_CALL_SITES = {
     "crypten_lite.party": "set-up: configuration fingerprints and X25519 public keys",
     "crypten_lite.dealer.third_party": "requests to the dealer process and its seeded replies",
     "crypten_lite.protocols.sharing": "the shape of a secret input (public)",
+    "crypten_lite.protocols.helper_dealer": "3-to-2 resharing: party 2's share under a mask "
+    "party 1 does not know (uniform to it)",
+    "crypten_lite.helper": "bridged ops' public outputs, which parties 0 and 1 already know, "
+    "sent to party 2",
     "crypten_lite.encrypted": "load_from_party: the size and header of the file (public)",
     "crypten_lite.generation": "generate(dst=...): dst announces whether every sequence has "
     "reached EOS (a declared disclosure: the number of generated steps)",

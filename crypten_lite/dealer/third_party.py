@@ -48,6 +48,12 @@ dealer batch (mlp_b1 24 vs party 1's 14, lenet_b1 58 vs 36, a BERT-base layer at
 vs 102); now it counts party 1's on all three, with or without prefetch. What prefetch changes is
 party 0's time waiting for dealer replies on a repeated forward pass: mlp_b1 20-55 ms to 0.03 ms,
 lenet_b1 17-65 ms to 0.06 ms, the BERT layer 507-688 ms to 0.4 ms.
+
+In-session serving (the replicated family, :mod:`crypten_lite.helper`): party 2 runs
+:func:`serve_until_done` for parties 0 and 1 during one bridged op, with the same wire format and
+a :class:`DealerState` kept across ops; party 0 ends the op with :func:`send_done`, a
+``{"done": {...}}`` message (the op's outputs described; no reply). Their client does not
+prefetch, so no predicted batch crosses the end of an op.
 """
 
 from __future__ import annotations
@@ -68,7 +74,15 @@ from crypten_lite.dealer.request import DealerRequest, DealerStore
 from crypten_lite.errors import PartyTimeoutError, ProtocolError
 from crypten_lite.prg import PRG
 
-__all__ = ["PREFETCH_BATCHES", "PREFETCH_ELEMENTS", "TrustedThirdParty", "serve_dealer"]
+__all__ = [
+    "PREFETCH_BATCHES",
+    "PREFETCH_ELEMENTS",
+    "DealerState",
+    "TrustedThirdParty",
+    "send_done",
+    "serve_dealer",
+    "serve_until_done",
+]
 
 
 _REQUEST_TAG = "dealer.request"
@@ -347,6 +361,86 @@ def _reply_tensor(seq: int, status: int, corrections: Sequence[torch.Tensor]) ->
     return torch.cat([head, *(c.reshape(-1) for c in corrections)])
 
 
+class DealerState:
+    """The dealer's side of a session: its streams, its store and the prefetch bookkeeping.
+
+    Kept across calls of :func:`serve_until_done` (the in-session dealer of the replicated
+    family deals for many ops in one session: fixed masks and stream positions outlive an op).
+    """
+
+    def __init__(self, streams: Sequence[PRG]) -> None:
+        self.store = DealerStore()
+        self.current = list(streams)
+        self.next_seq = 0
+        self.snapshots: dict[int, list[PRG]] = {}  # streams before unconfirmed predicted batches
+        self.stalled = False  # a prediction was voided: void the later ones until a rewind
+        self.served = 0
+
+    def handle(self, comm: Communicator, msg: dict[str, Any]) -> None:
+        """Serve one batch or release message of party 0 (module docstring: wire format)."""
+        if "release" in msg:
+            ids = msg["release"]
+            if not isinstance(ids, list):
+                raise ProtocolError("dealer release must list handles")
+            for handle in ids:
+                self.store.pop(_field({"id": handle}, "id"))
+            return
+        seq, confirmed = _field(msg, "seq"), _field(msg, "confirmed")
+        spec, rewind = msg.get("spec") is True, msg.get("rewind") is True
+        items = msg.get("requests")
+        if not isinstance(items, list):
+            raise ProtocolError("dealer batch must list its requests")
+        requests = [DealerRequest.from_json(item) for item in items]
+        for k in [k for k in self.snapshots if k < confirmed]:
+            del self.snapshots[k]
+        if rewind:
+            if seq in self.snapshots:
+                self.current = self.snapshots[seq]
+            elif seq != self.next_seq:
+                raise ProtocolError(
+                    f"dealer: cannot rewind to batch #{seq} (next is #{self.next_seq})"
+                )
+            for k in [k for k in self.snapshots if k >= seq]:
+                del self.snapshots[k]
+            self.next_seq, self.stalled = seq, False
+        unservable = any(r.kind in _NOT_PREDICTED for r in requests)
+        if spec and (self.stalled or seq != self.next_seq or unservable):
+            self.stalled = True
+            comm.send(0, _reply_tensor(seq, _VOID, []), _REPLY_TAG)
+            return
+        if seq != self.next_seq:
+            raise ProtocolError(f"dealer: batch #{seq} out of order (expected #{self.next_seq})")
+        if spec:
+            snapshot = [s.fork() for s in self.current]
+            try:
+                corrections = self._deal(requests)
+            except Exception:  # noqa: BLE001 - a prediction the dealer cannot serve is voided
+                self.current, self.stalled = snapshot, True
+                comm.send(0, _reply_tensor(seq, _VOID, []), _REPLY_TAG)
+                return
+            self.snapshots[seq] = snapshot
+        else:
+            corrections = self._deal(requests)
+        comm.send(0, _reply_tensor(seq, _OK, corrections), _REPLY_TAG)
+        self.next_seq += 1
+        self.served += len(requests)
+
+    def _deal(self, requests: Sequence[DealerRequest]) -> list[torch.Tensor]:
+        return [c for r in requests for c in dealer_corrections(self.current, r, self.store)[1]]
+
+
+def _next_message(comm: Communicator, idle_timeout_s: float | None) -> dict[str, Any]:
+    """Party 0's next message, waiting up to ``idle_timeout_s`` (``None``: forever)."""
+    idle = 0.0
+    while True:
+        try:
+            return _decode(comm.recv(0, _REQUEST_TAG))
+        except PartyTimeoutError:
+            idle += comm.timeout_s
+            if idle_timeout_s is not None and idle >= idle_timeout_s:
+                raise
+
+
 def serve_dealer(
     comm: Communicator, streams: Sequence[PRG], *, idle_timeout_s: float | None = None
 ) -> int:
@@ -364,67 +458,55 @@ def serve_dealer(
     Returns:
         The number of items served (predicted items abandoned later included).
     """
-    served = 0
-    idle = 0.0
-    store = DealerStore()
-    current = list(streams)
-    next_seq = 0
-    snapshots: dict[int, list[PRG]] = {}  # streams before each unconfirmed predicted batch
-    stalled = False  # a prediction was voided: void the later ones until party 0 rewinds
+    state = DealerState(streams)
     while True:
-        try:
-            payload = comm.recv(0, _REQUEST_TAG)
-        except PartyTimeoutError:
-            idle += comm.timeout_s
-            if idle_timeout_s is not None and idle >= idle_timeout_s:
-                raise
-            continue
-        idle = 0.0
-        msg = _decode(payload)
+        msg = _next_message(comm, idle_timeout_s)
         if msg.get("shutdown") is True:
-            return served
-        if "release" in msg:
-            ids = msg["release"]
-            if not isinstance(ids, list):
-                raise ProtocolError("dealer release must list handles")
-            for handle in ids:
-                store.pop(_field({"id": handle}, "id"))
-            continue
-        seq, confirmed = _field(msg, "seq"), _field(msg, "confirmed")
-        spec, rewind = msg.get("spec") is True, msg.get("rewind") is True
-        items = msg.get("requests")
-        if not isinstance(items, list):
-            raise ProtocolError("dealer batch must list its requests")
-        requests = [DealerRequest.from_json(item) for item in items]
-        for k in [k for k in snapshots if k < confirmed]:
-            del snapshots[k]
-        if rewind:
-            if seq in snapshots:
-                current = snapshots[seq]
-            elif seq != next_seq:
-                raise ProtocolError(f"dealer: cannot rewind to batch #{seq} (next is #{next_seq})")
-            for k in [k for k in snapshots if k >= seq]:
-                del snapshots[k]
-            next_seq, stalled = seq, False
-        if spec and (stalled or seq != next_seq or any(r.kind in _NOT_PREDICTED for r in requests)):
-            stalled = True
-            comm.send(0, _reply_tensor(seq, _VOID, []), _REPLY_TAG)
-            continue
-        if seq != next_seq:
-            raise ProtocolError(f"dealer: batch #{seq} out of order (expected #{next_seq})")
-        if spec:
-            snapshot = [s.fork() for s in current]
-            try:
-                corrections = [
-                    c for r in requests for c in dealer_corrections(current, r, store)[1]
-                ]
-            except Exception:  # noqa: BLE001 - a prediction the dealer cannot serve is voided
-                current, stalled = snapshot, True
-                comm.send(0, _reply_tensor(seq, _VOID, []), _REPLY_TAG)
-                continue
-            snapshots[seq] = snapshot
-        else:
-            corrections = [c for r in requests for c in dealer_corrections(current, r, store)[1]]
-        comm.send(0, _reply_tensor(seq, _OK, corrections), _REPLY_TAG)
-        next_seq += 1
-        served += len(requests)
+            return state.served
+        if "done" in msg:
+            raise ProtocolError("the dealer process got an in-session 'done' message")
+        state.handle(comm, msg)
+
+
+def send_done(dealer: TrustedThirdParty, params: dict[str, object]) -> None:
+    """Party 0: collect every outstanding reply, then tell the in-session dealer the op is over.
+
+    Pending releases go first, as they would before the next batch. No reply comes back.
+    """
+    if dealer.rank != 0:
+        return
+    while dealer._inflight:
+        dealer._inflight[0].items()
+    if dealer._releases:
+        dealer._post({"release": dealer._releases})
+        dealer._releases = []
+    dealer._post({"done": params})
+
+
+def serve_until_done(
+    comm: Communicator, state: DealerState, *, idle_timeout_s: float | None = None
+) -> dict[str, object]:
+    """Serve party 0's messages as :func:`serve_dealer` does, until a ``done`` message.
+
+    The in-session dealer of the replicated family (:mod:`crypten_lite.helper`): party 2 deals
+    for parties 0 and 1 during one bridged op. Their client runs without prefetch, so no
+    predicted batch crosses the end of an op.
+
+    Args:
+        comm: the dealer side of a communicator view (rank ``world_size``).
+        state: the dealer's state, kept across ops.
+        idle_timeout_s: give up after this long without a request (``None``: wait forever).
+
+    Returns:
+        The ``done`` message's parameters (party 0's description of the op's outputs).
+    """
+    while True:
+        msg = _next_message(comm, idle_timeout_s)
+        if "done" in msg:
+            done = msg["done"]
+            if not isinstance(done, dict):
+                raise ProtocolError("the in-session dealer got a malformed 'done' message")
+            return done
+        if msg.get("shutdown") is True:
+            raise ProtocolError("the in-session dealer got a shutdown in the middle of a session")
+        state.handle(comm, msg)

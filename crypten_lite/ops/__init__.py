@@ -62,6 +62,9 @@ from crypten_lite.ops import (  # noqa: F401 - imported to register the ops
 # isort: split
 from crypten_lite.ops import inplace  # noqa: F401 - last: the twins of every op above
 
+# isort: split
+import crypten_lite.bridge  # noqa: F401 - registers the replicated family's dispatch hook
+
 __all__ = [
     "activations_extra",
     "approx",
