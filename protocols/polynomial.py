@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -526,25 +527,87 @@ def fit(
     Least squares on 2000 Chebyshev nodes, reweighted towards the minimax error (relative
     error with ``relative``). Computed once per function and interval (float64).
 
+    Deterministic: the coefficients are public constants that every party computes on its own,
+    and parties that used different constants would each scale their own share differently —
+    a silently wrong result. So nothing here depends on thread counts or on the order of a
+    parallel reduction: the nodes come from ``math.cos``, the fit is a Householder QR in the
+    Chebyshev basis whose every dot product is an exactly rounded ``math.fsum``, and the
+    conversion to the monomial basis is plain float arithmetic. (``torch.linalg.lstsq``, used
+    before, returned different coefficients to two party threads of one process.) Only
+    ``fn``'s own values could differ between machines whose vectorised ``exp``/``erf`` differ
+    in the last bit, which moves the coefficients by about ``1e-16`` relative: far below the
+    fixed-point encoding of any coefficient.
+
     Cost: none (public computation, cached).
     Reference: Chebyshev-node least squares with Lawson reweighting towards minimax.
 
     Security: public coefficients only.
     """
     n = 2000
-    j = torch.arange(n, dtype=torch.float64)
-    t = torch.cos(math.pi * (j + 0.5) / n)
+    t = np.array([math.cos(math.pi * (j + 0.5) / n) for j in range(n)], dtype=np.float64)
     xv = (lo + hi) / 2 + (hi - lo) / 2 * t
-    y = fn(xv)
-    vander = t.unsqueeze(1) ** torch.arange(degree + 1, dtype=torch.float64)
-    base = 1 / y.abs() if relative else torch.ones_like(y)
-    w = base.clone()
-    c = torch.zeros(degree + 1, dtype=torch.float64)
+    y = fn(torch.from_numpy(xv.copy())).to(torch.float64).numpy()
+    basis = [np.ones(n), t.copy()]
+    for _ in range(2, degree + 1):
+        basis.append(2 * t * basis[-1] - basis[-2])
+    cheb = np.stack(basis[: degree + 1], axis=1)  # (n, degree + 1): T_k(t_i)
+    base = 1 / np.abs(y) if relative else np.ones(n)
+    w = base.copy()
+    c = np.zeros(degree + 1)
     for _ in range(20):
-        c = torch.linalg.lstsq(vander * w[:, None], (y * w)[:, None]).solution[:, 0]
-        err = (vander @ c - y).abs() * base
+        c = _weighted_lstsq(cheb, y, w)
+        err = np.abs(cheb @ c - y) * base
         w = w * (1 + 3 * err / err.max())
-    return tuple(float(v) for v in c)
+    return tuple(float(v) for v in _chebyshev_to_monomial(c.tolist()))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """An exactly rounded dot product: the same on every machine and thread count."""
+    return math.fsum((a * b).tolist())
+
+
+def _weighted_lstsq(a: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``argmin_c || w * (a @ c - y) ||`` by Householder QR with exactly rounded dot products."""
+    m = a * w[:, None]
+    r = (y * w).copy()
+    cols = m.shape[1]
+    m = m.copy()
+    for k in range(cols):
+        v = m[k:, k].copy()
+        norm = math.sqrt(_dot(v, v))
+        if norm == 0.0:
+            continue
+        v[0] += math.copysign(norm, v[0])
+        vv = _dot(v, v)
+        for j in range(k, cols):
+            m[k:, j] -= (2 * _dot(v, m[k:, j]) / vv) * v
+        r[k:] -= (2 * _dot(v, r[k:]) / vv) * v
+    c = np.zeros(cols)
+    for k in range(cols - 1, -1, -1):  # back substitution on the upper triangle
+        acc = math.fsum([r[k]] + [-float(m[k, j] * c[j]) for j in range(k + 1, cols)])
+        c[k] = acc / m[k, k] if m[k, k] != 0 else 0.0
+    return c
+
+
+def _chebyshev_to_monomial(c: list[float]) -> list[float]:
+    """Monomial coefficients of ``sum c_k T_k(t)`` (``T_0 = 1, T_1 = t,
+    T_k = 2 t T_{k-1} - T_{k-2}``), by the same recurrence on coefficient lists."""
+    d = len(c) - 1
+    prev, cur = [1.0], [0.0, 1.0]
+    out = [0.0] * (d + 1)
+    out[0] += c[0]
+    if d >= 1:
+        out[1] += c[1]
+    for k in range(2, d + 1):
+        nxt = [0.0] * (k + 1)
+        for i, v in enumerate(cur):
+            nxt[i + 1] += 2 * v
+        for i, v in enumerate(prev):
+            nxt[i] -= v
+        prev, cur = cur, nxt
+        for i, v in enumerate(cur):
+            out[i] += c[k] * v
+    return out
 
 
 @dataclass(eq=False)

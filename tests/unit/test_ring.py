@@ -118,3 +118,28 @@ def test_bilinear_errors() -> None:
 def test_freeze_params_is_order_and_container_independent() -> None:
     assert freeze_params({"a": [1, 2], "b": 3}) == freeze_params({"b": 3, "a": (1, 2)})
     assert freeze_params(None) == freeze_params({}) == ()
+
+
+def test_polynomial_fit_is_the_same_in_every_thread() -> None:
+    """Public coefficients must be bit-identical on every party: parties that scale their
+    shares by different constants get a silently wrong result. Threads computing the same
+    fit at once (as party threads do) must agree to the last bit."""
+    import threading
+
+    from crypten_lite.protocols import polynomial
+
+    fit = polynomial.fit.__wrapped__  # uncached: each thread computes it
+    results: list[tuple[float, ...]] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        c = fit(torch.atan, -1.0, 1.0, 15, False)
+        with lock:
+            results.append(c)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert len(results) == 4 and len(set(results)) == 1
