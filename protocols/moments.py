@@ -166,7 +166,8 @@ def _factor_pairs(
     pairs: list[tuple[Operand, Operand]] = []
     bits: list[int] = []
     for g, idx in sorted(groups.items()):
-        b = max(0, 14 - 6 * g)
+        # at least f - scale_v bits, so the product never needs a left shift (f > 20)
+        b = max(0, 14 - 6 * g, f - scale_v)
         w = [round(factors[i] * 2.0**b) if i in idx else 0 for i in range(len(factors))]
         if any(w):
             pairs.append((v, _select(onehot, w)))
@@ -287,9 +288,16 @@ def standardize(
     add = [min(round(eps * float(n) ** 3 * 4.0 ** (f - k) / 2.0**b_sq), cap) for k in ks]
     add[0] += 1 << (plan.p - b_sq)
     s_tot = s_fine + _select(onehot, add)  # one-hot shares times public integers: local
-    (u,) = truncate_many([s_tot], [plan.p - b_sq - _U_SCALE], party)
+    # u = S / 2**P. Exact truncation: t = 2 (u - lo) / (hi - lo) - 1 straight from S, its one
+    # truncation pending into the polynomial's first square (S < 2**39.6 times a 20-bit
+    # factor stays below 2**62). Local truncation would fail on that 2**59 product with
+    # probability 2**-4, so S is truncated to u first (2**38: probability 2**-25).
+    u, u_scale = s_tot, plan.p - b_sq
+    if resolve_method(party) == "local":
+        (u,) = truncate_many([s_tot], [plan.p - b_sq - _U_SCALE], party)
+        u_scale = _U_SCALE
     t = public_affine_lazy(
-        u, party, _U_SCALE, 2 / (_U_HI - _U_LO), -(_U_HI + _U_LO) / (_U_HI - _U_LO), _U_SCALE
+        u, party, u_scale, 2 / (_U_HI - _U_LO), -(_U_HI + _U_LO) / (_U_HI - _U_LO), _U_SCALE
     )
     gain = math.sqrt(n) / 2.0**plan.c  # in [1, 2)
     coeffs = [gain * cf for cf in fit(_rsqrt, _U_LO, _U_HI, 12, True)]
