@@ -45,6 +45,7 @@ from crypten_lite.protocols.polynomial import (
     evaluate_lazy,
     fit,
     mul_many,
+    mul_many_lazy,
     public_affine_lazy,
     square_many_lazy,
     truncate_many,
@@ -59,6 +60,7 @@ _STD_FLOOR_LOG2 = -10  # D >> t_c keeps 2 bits at standard deviation 2**-10 (~1e
 _TOP_LOG4 = 30  # last coarse threshold 4**30 = 2**60; S_c must stay below 2**62
 _U_LO, _U_HI = 0.75, 5.25  # domain of the u**-1/2 polynomial
 _U_SCALE = 20  # fractional bits of u and of the polynomial
+_W_CUT = 8  # bits truncated from y * weight (see standardize)
 
 
 @dataclass(eq=False)
@@ -66,16 +68,19 @@ class Standardized:
     """Results of :func:`standardize`, int64 shares at scale ``f``.
 
     Attributes:
-        x_hat: ``(x - mean) / sqrt(var + eps)``, the input's shape.
+        x_hat: ``(x - mean) / sqrt(var + eps)``, the input's shape (``None`` when only the
+            affine output was asked for).
         mean: the mean over the reduced dimensions (kept as size-1 dimensions).
         rstd: ``1 / sqrt(var + eps)``, shaped like ``mean``.
         var: the biased variance, shaped like ``mean`` (``None`` unless asked for).
+        scaled: ``x_hat * weight`` when a weight was given (fused; see :func:`standardize`).
     """
 
-    x_hat: Tensor
+    x_hat: Tensor | None
     mean: Tensor
     rstd: Tensor
     var: Tensor | None
+    scaled: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,9 @@ def standardize(
     *,
     need_var: bool = True,
     center: bool = True,
+    weight: Tensor | None = None,
+    weight_public: bool = False,
+    need_x_hat: bool = True,
 ) -> Standardized:
     """``x_hat = (x - mean) / sqrt(var + eps)`` over ``dims`` (biased variance), with ``mean``,
     ``rstd`` and optionally ``var``; see the module docstring for the method.
@@ -205,6 +213,15 @@ def standardize(
         need_var: also return the variance (one more pair in the last round).
         center: ``False`` for RMS normalisation: ``x / sqrt(mean(x**2) + eps)`` (``D = n x``,
             ``var`` is then the mean square; ``mean`` is still returned).
+        weight: the affine weight (shares at scale ``f``, or the public encoded value on every
+            party with ``weight_public``), broadcastable to ``x``: ``scaled = x_hat * weight``
+            comes out of the last round without a product (and truncation round) of its own.
+            ``y * weight`` rides in step 5's round (``weight`` is opened per element there,
+            or is a local product when public) and its pending truncation by 8 bits in step
+            7's; ``|weight| < 2**16``. Exact truncation only: with the 2-party local method
+            the larger products would fail too often, so ``x_hat * weight`` is a product there.
+        need_x_hat: ``False`` with a weight returns ``x_hat = None`` and opens ``y`` no more
+            (inference: no backward needs it).
 
     Domain and error (2 and 3 parties, measured in ``tests/mpc/test_numerics_norm.py``):
     ``var + eps`` in ``standardize_domain(n)``, for ``n = 768``, ``f = 16`` about
@@ -276,12 +293,27 @@ def standardize(
     # With local truncation the squares are truncated by b_sq bits when n is large, so the row
     # sum S / 2**b_sq stays near 2**36 (its local truncation to u below then fails with
     # probability about 2**-26); the exact truncation needs no such cut (|S| < 2**62).
-    b_sq = max(0, plan.p - 34) if resolve_method(party) == "local" else 0
-    (sq,) = square_many_lazy(
-        [y_p], party, b_sq, tag="standardize.fine", settled=st, extra=_pending(mean_p)
+    local = resolve_method(party) == "local"
+    if weight is not None and local:
+        raise ValueError(f"party {party.rank}: standardize's fused weight needs exact truncation")
+    b_sq = max(0, plan.p - 34) if local else 0
+    # y * weight: y is an integer, so y w is at scale f; _W_CUT bits of it go (pending, into
+    # the last round) so that its product with q (below 2**21) stays below 2**(45+f-16) |w|
+    fine: list[tuple[Operand, Operand]] = [(y_p, y_p)]
+    if weight is not None and not weight_public:
+        fine.append((y_p, weight))
+    sq, *yw = mul_many_lazy(
+        fine,
+        party,
+        [b_sq, _W_CUT][: len(fine)],
+        tag="standardize.fine",
+        settled=st,
+        extra=_pending(mean_p),
     )
     assert isinstance(sq, Tensor)  # local truncation, or bits 0: nothing pending
     y, mean = settled_value(y_p, st), settled_value(mean_p, st)
+    if weight is not None and weight_public:
+        yw = [lazy(y * weight, party, _W_CUT)]  # a public integer factor: local
     s_fine = sq.sum(dims, keepdim=True)
     # eps at the fine scale, and a floor of 2**P in the bottom bucket (saturation)
     cap = 1 << (plan.p - b_sq + 3)
@@ -303,9 +335,18 @@ def standardize(
     coeffs = [gain * cf for cf in fit(_rsqrt, _U_LO, _U_HI, 12, True)]
     # t = 2 (u - lo) / (hi - lo) - 1 lies in [-1, 1] (u is in [lo, hi] by the bucket choice)
     (q,) = evaluate_lazy(t, [coeffs], party, _U_SCALE, _U_SCALE, t_bound=1.0)
-    pairs: list[tuple[Operand, Operand]] = [(y, q)]
-    bits = [_U_SCALE + plan.p // 2 - plan.c - f]
-    assert bits[0] >= 0
+    xq_bits = _U_SCALE + plan.p // 2 - plan.c - f  # y q 2**(c - P/2) at scale f
+    assert xq_bits >= 0
+    pairs: list[tuple[Operand, Operand]] = []
+    bits: list[int] = []
+    if need_x_hat or weight is None:
+        pairs.append((y, q))
+        bits.append(xq_bits)
+    if weight is not None:
+        # (y w 2**(f - _W_CUT)) q: _W_CUT - f more bits than y q
+        pairs.append((yw[0], q))
+        bits.append(xq_bits + f - _W_CUT)
+    n_main = len(pairs)
     # rstd = q * 2**c * n * 2**(f - k - P/2)
     r_pairs, r_bits = _factor_pairs(
         q, onehot, [n * 2.0 ** (plan.c + f - k - plan.p // 2) for k in ks], _U_SCALE, f
@@ -321,10 +362,11 @@ def standardize(
         pairs += v_pairs
         bits += v_bits
     outs = mul_many(pairs, party, bits, tag="standardize.out")
-    x_hat = outs[0]
-    rstd = sum(outs[1 : 1 + len(r_pairs)], torch.zeros_like(mean))
-    var = sum(outs[1 + len(r_pairs) :], torch.zeros_like(mean)) if need_var else None
-    return Standardized(x_hat=x_hat, mean=mean, rstd=rstd, var=var)
+    x_hat = outs[0] if need_x_hat or weight is None else None
+    scaled = outs[n_main - 1] if weight is not None else None
+    rstd = sum(outs[n_main : n_main + len(r_pairs)], torch.zeros_like(mean))
+    var = sum(outs[n_main + len(r_pairs) :], torch.zeros_like(mean)) if need_var else None
+    return Standardized(x_hat=x_hat, mean=mean, rstd=rstd, var=var, scaled=scaled)
 
 
 def _rsqrt(t: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from crypten_lite.ops._common import (
+    encode_operand,
     find_party,
     is_secret,
     public_of,
@@ -36,6 +37,7 @@ from crypten_lite.ops._common import (
 )
 from crypten_lite.ops.approx import _share_f, rsqrt_value
 from crypten_lite.protocols import moments
+from crypten_lite.protocols.truncation import resolve_method
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
@@ -114,10 +116,49 @@ def native_layer_norm(
     """Returns ``(out, mean, rstd)``, statistics shaped ``x.shape[:axis] + (1,) * k``."""
     axis = x.dim() - len(normalized_shape)
     dims = list(range(axis, x.dim()))
+    fused = _fused_affine(x, dims, weight, eps, list(normalized_shape))
+    if fused is not None:
+        scaled, xhat, mean, rstd = fused
+        if xhat is not None:
+            _keep_xhat(rstd, xhat)
+        return _affine(scaled, None, bias, list(normalized_shape)), mean, rstd
     xhat, mean, rstd, _ = _normalise(x, dims, eps, need_var=False)
     _keep_xhat(rstd, xhat)
     out = _affine(xhat, weight, bias, list(normalized_shape))
     return out, mean, rstd
+
+
+def _fused_affine(
+    x: Any, dims: list[int], weight: Any, eps: float, shape: list[int]
+) -> tuple[Any, Any, Any, Any] | None:
+    """``(x_hat * weight, x_hat or None, mean, rstd)`` with the weight multiplied inside the
+    standardisation (:func:`crypten_lite.protocols.moments.standardize`, ``weight``): no
+    product and truncation round of its own. Only for a secret ``x`` with exact truncation;
+    ``x_hat`` is computed only when autograd may need it. ``None``: not applicable."""
+    if weight is None or not is_secret(x) or resolve_method(x.party) == "local":
+        return None
+    party = x.party
+    w_pub = public_of(weight)
+    if w_pub is not None:
+        w = encode_operand(w_pub.reshape(shape), party.frac_bits, party)
+    elif isinstance(weight, MPCTensor) and weight.dtype == torch.float32:
+        w = _share_f(weight).reshape(shape)
+    else:
+        return None
+    need = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    res = moments.standardize(
+        _share_f(x),
+        party,
+        dims,
+        eps,
+        need_var=False,
+        weight=w,
+        weight_public=w_pub is not None,
+        need_x_hat=need,
+    )
+    assert res.scaled is not None
+    xhat = wrap(res.x_hat, party) if res.x_hat is not None else None
+    return wrap(res.scaled, party), xhat, wrap(res.mean, party), wrap(res.rstd, party)
 
 
 def _sum_to(t: Any, dims: list[int]) -> Any:
