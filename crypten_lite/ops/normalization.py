@@ -80,6 +80,7 @@ def _normalise(
     party = x.party
     res = moments.standardize(_share_f(x), party, dims, eps, need_var=need_var, center=center)
     var_out = wrap(res.var, party) if res.var is not None else None
+    assert res.x_hat is not None  # no weight given: x_hat is always computed
     return wrap(res.x_hat, party), wrap(res.mean, party), wrap(res.rstd, party), var_out
 
 
