@@ -61,6 +61,7 @@ _TOP_LOG4 = 30  # last coarse threshold 4**30 = 2**60; S_c must stay below 2**62
 _U_LO, _U_HI = 0.75, 5.25  # domain of the u**-1/2 polynomial
 _U_SCALE = 20  # fractional bits of u and of the polynomial
 _W_CUT = 8  # bits truncated from y * weight (see standardize)
+_Y_EXTRA = 7  # more bits of y for the outputs with exact truncation (see standardize)
 
 
 @dataclass(eq=False)
@@ -287,6 +288,13 @@ def standardize(
         if isinstance(z_p, Pending)
         else z_p[0] + z_p[1]
     )
+    # With exact truncation the outputs take y with _Y_EXTRA more bits, truncated from the
+    # same z: x_hat's resolution is then 2**-20 of the row's rms, not 2**-13 (the products
+    # with it stay below 2**47 for n = 768; local truncation would fail on them 2**-17 of the
+    # time, so it keeps y).
+    extra = 0 if resolve_method(party) == "local" else _Y_EXTRA
+    z_sum = z[0] + z[1]
+    y_out: Operand = lazy(z_sum << max(0, extra - big_k), party, max(0, big_k - extra))
     # mean = (s / 2**ceil(log2 n)) * (2**ceil(log2 n) / n), the factor in (1/2, 1] at 2**-24
     g = 24
     mean_p = lazy(s_low * round(2.0 ** (lg_up + g) / n), party, g)
@@ -301,19 +309,20 @@ def standardize(
     # the last round) so that its product with q (below 2**21) stays below 2**(45+f-16) |w|
     fine: list[tuple[Operand, Operand]] = [(y_p, y_p)]
     if weight is not None and not weight_public:
-        fine.append((y_p, weight))
+        fine.append((y_out, weight))
     sq, *yw = mul_many_lazy(
         fine,
         party,
-        [b_sq, _W_CUT][: len(fine)],
+        [b_sq, _W_CUT + extra][: len(fine)],
         tag="standardize.fine",
         settled=st,
-        extra=_pending(mean_p),
+        # a public weight multiplies y_out locally once it is settled here
+        extra=_pending(mean_p) + (_pending(y_out) if weight_public else []),
     )
     assert isinstance(sq, Tensor)  # local truncation, or bits 0: nothing pending
-    y, mean = settled_value(y_p, st), settled_value(mean_p, st)
+    mean = settled_value(mean_p, st)
     if weight is not None and weight_public:
-        yw = [lazy(y * weight, party, _W_CUT)]  # a public integer factor: local
+        yw = [lazy(settled_value(y_out, st) * weight, party, _W_CUT + extra)]
     s_fine = sq.sum(dims, keepdim=True)
     # eps at the fine scale, and a floor of 2**P in the bottom bucket (saturation)
     cap = 1 << (plan.p - b_sq + 3)
@@ -336,12 +345,13 @@ def standardize(
     # t = 2 (u - lo) / (hi - lo) - 1 lies in [-1, 1] (u is in [lo, hi] by the bucket choice)
     (q,) = evaluate_lazy(t, [coeffs], party, _U_SCALE, _U_SCALE, t_bound=1.0)
     xq_bits = _U_SCALE + plan.p // 2 - plan.c - f  # y q 2**(c - P/2) at scale f
+    y_q = settled_value(y_out, st) if id(y_out) in st else y_out
     assert xq_bits >= 0
     pairs: list[tuple[Operand, Operand]] = []
     bits: list[int] = []
     if need_x_hat or weight is None:
-        pairs.append((y, q))
-        bits.append(xq_bits)
+        pairs.append((y_q, q))
+        bits.append(xq_bits + extra)
     if weight is not None:
         # (y w 2**(f - _W_CUT)) q: _W_CUT - f more bits than y q
         pairs.append((yw[0], q))
