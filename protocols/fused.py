@@ -270,43 +270,51 @@ def _fused(
     opened = open_shares(opened_in, party, tag=tag)
     assert opened is not None
     comps = iter(derived())
-    pub: list[Tensor] = []  # P per operand
-    lin: list[list[tuple[Tensor | int, Tensor]]] = []  # L = sum coef * [basis]
-    for u, k, c_pub in zip(masks, bits, opened, strict=True):
+    # Per operand: the public P, the coefficients (public int or tensor) of its basis and the
+    # basis shares, and [L] = sum coef * basis (the Beaver mask's role).
+    pub: list[Tensor] = []
+    lin: list[list[tuple[Tensor | int, Tensor]]] = []
+    l_share: list[Tensor] = []
+    settled: list[Tensor] = []
+    for x, u, k, c_pub in zip(flat, masks, bits, opened, strict=True):
         if k:
             hi, s = next(comps), next(comps)
             weight = ((c_pub >> 63) + 1) << (64 - k)  # W = (1 - msb(c)) 2**(64-k)
-            pub.append(logical_rshift(c_pub, k) - (1 << (_SHIFT - k)))
+            p = logical_rshift(c_pub, k)
+            p -= 1 << (_SHIFT - k)
+            lv = s * weight
+            lv -= hi  # L = W [s] - [r_hi]
+            pub.append(p)
             lin.append([(-1, hi), (weight, s)])
+            l_share.append(lv)
+            settled.append(lv + p if party.rank == 0 else lv)  # outs below only read lv
         else:
             pub.append(c_pub)
             lin.append([(1, u)])
-    l_share = [_combine(terms) for terms in lin]
-    settled = []
-    for p, ls in zip(pub, l_share, strict=True):
-        x = ls.clone()
-        if party.rank == 0:
-            x += p
-        settled.append(x)
+            l_share.append(u)  # L = [u]: no copy (the operand is its own settled value)
+            settled.append(x)
     outs = []
     for i, j in prods:
         pi, pj = pub[i], pub[j]
         if i == j:
-            z = 2 * pi * l_share[i]
+            z = pi * l_share[i]
+            z <<= 1  # 2 P [L]
             if bits[i]:
                 # L**2 = hi**2 - 2 W hi s + W**2 s   (s**2 = s)
                 h2, hs = next(comps), next(comps)
                 w, s = lin[i][1]
+                assert isinstance(w, Tensor)
                 z += h2
-                z -= 2 * w * hs
-                z += (w * w) * s
+                z.addcmul_(w, hs, value=-2)
+                if bits[i] > 32:  # W**2 is a multiple of 2**(128 - 2k): 0 mod 2**64 for k <= 32
+                    z.addcmul_(w * w, s)
             else:
                 z += next(comps)
             if party.rank == 0:
-                z += pi * pi
+                z.addcmul_(pi, pi)
         else:
             z = pi * l_share[j]
-            z += pj * l_share[i]
+            z.addcmul_(pj, l_share[i])
             n_terms = fused_terms(bits[i], bits[j], False)
             terms = [next(comps) for _ in range(n_terms)]
             it = iter(terms)
@@ -315,15 +323,21 @@ def _fused(
                     term = next(it, None)
                     if term is None:  # [s s'] omitted: its coefficient W W' is 0 mod 2**64
                         continue
-                    z += term * (ci * cj)
+                    _add_scaled(z, term, ci, cj)
             if party.rank == 0:
-                z += pi * pj
+                z.addcmul_(pi, pj)
         outs.append(z)
     return settled, outs
 
 
-def _combine(terms: Sequence[tuple[Tensor | int, Tensor]]) -> Tensor:
-    out = terms[0][1] * terms[0][0]
-    for c, t in terms[1:]:
-        out += t * c
-    return out
+def _add_scaled(z: Tensor, term: Tensor, ci: Tensor | int, cj: Tensor | int) -> None:
+    """``z += term * ci * cj`` in place, for public coefficients (ints or tensors)."""
+    if isinstance(ci, int) and isinstance(cj, int):
+        z.add_(term, alpha=ci * cj)
+    elif isinstance(ci, int):
+        assert isinstance(cj, Tensor)
+        z.addcmul_(term, cj, value=ci)
+    elif isinstance(cj, int):
+        z.addcmul_(term, ci, value=cj)
+    else:
+        z.addcmul_(term, ci * cj)
