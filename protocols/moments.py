@@ -201,10 +201,13 @@ def standardize(
     3. One-hot bucket of ``S_c`` against ``4**j0 .. 4**30`` (3 + 1 rounds, one value per row).
     4. ``y = D 2**(t_c-k_j) >> t_c`` or ``y_c 2**(K-k_j+t_c) >> K`` (1 round, both products).
     5. ``S = sum(y**2)`` (1 round; squares exact, or truncated so ``S`` stays near ``2**36``
-       for large ``n``); ``u = (S + eps_j + floor_j) / 2**P`` (local).
+       for large ``n``); ``u = (S + eps_j + floor_j) / 2**P`` (local; with exact truncation
+       its truncation is left pending into step 6's first square).
     6. ``q = sqrt(n) 2**-c u**-1/2``: degree-12 relative fit on ``[0.75, 5.25]`` (4 rounds).
-    7. ``x_hat = y q 2**(c - P/2)``, ``rstd = q * bucket factor``, ``var = S / 2**P * bucket
-       factor``: one round.
+    7. ``x_hat = y' q 2**(c - P/2)``, ``rstd = q * bucket factor``, ``var = S / 2**P * bucket
+       factor``: one round (and one to settle the truncations with exact truncation). With
+       exact truncation ``y'`` is ``y`` with 7 more bits, truncated from step 4's product
+       (``x_hat``'s resolution ``2**-20`` of the row's rms instead of ``2**-13``).
 
     Args:
         x: int64 shares at scale ``f``.
@@ -227,8 +230,10 @@ def standardize(
     Domain and error (2 and 3 parties, measured in ``tests/mpc/test_numerics_norm.py``):
     ``var + eps`` in ``standardize_domain(n)``, for ``n = 768``, ``f = 16`` about
     ``[2.4e-7, 2.3e9]`` (standard deviations ``5e-4 .. 4.8e4``): ``x_hat`` within ``2e-4``
-    absolute (its relative error 1e-5 plus the fixed-point resolution of ``y``, 2**-12 of the
-    row's rms); the input's own quantisation (``2**-17`` absolute) is what remains. ``rstd``
+    absolute with local truncation (its relative error 1e-5 plus the fixed-point resolution
+    of ``y``, 2**-12 of the row's rms), ``1e-4`` with exact truncation (measured ``6e-5``
+    for 32x768 at std 2: ``y'`` has 2**-19 of the rms, the output's own ulp remains); the
+    input's own quantisation (``2**-17`` absolute) is what remains. ``rstd``
     and ``var``: relative ``1e-4`` plus one ulp of the output. Below the domain ``rstd``
     saturates as if ``var + eps`` were about ``lo`` (constant rows give ``x_hat = 0`` as in
     torch); above it the coarse sum wraps the ring and the result is undefined. With 2 parties
@@ -237,8 +242,11 @@ def standardize(
 
     Cost (2 parties): 12 rounds (as ``rsqrt(mean(xc * xc) + eps)``); per element 8 + 16 + 8 +
     16 bytes to each peer, per row about ``8 + 5 * 25`` bytes of comparison plus the polynomial.
-    With exact truncation (the default, any ``N``) 14 rounds (``n = 768``; 25 unfused): the
-    truncations ride in the following products (:mod:`~crypten_lite.protocols.fused`).
+    With exact truncation (the default, any ``N``) 13 rounds (``n = 768``; 25 unfused; 14
+    before step 5's truncation was fused), also with a ``weight`` (a separate ``x_hat *
+    weight`` costs 2 more): the truncations ride in the following products
+    (:mod:`~crypten_lite.protocols.fused`). Measured for 16x768: 0.70 MB sent per party
+    (0.80 MB with a secret weight; 0.90 MB and 16 rounds unfused).
     Security: semi-honest; only masked values are opened (comparison, products).
     Reference: exact centring by ``n x - sum x`` and scaling by a one-hot power of two as in
     the normalisation step of Catrina and Saxena, FC'10 / Aly and Smart, ACNS'19; comparison as

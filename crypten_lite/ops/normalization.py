@@ -6,7 +6,9 @@ exact centring (``n x - sum x``), a coarse bucket of ``var + eps`` by one compar
 the variance recomputed at the scale that bucket needs and ``eps`` added at that scale, so
 standard deviations from about ``5e-4`` to ``5e4`` (768 features; see ``standardize_domain``)
 and any ``eps`` (``1e-12``, ``1e-5``: below one ulp) give ``x_hat`` within ``2e-4``, in 12
-rounds as before (2 parties). Running statistics in eval mode use ``rsqrt(running_var + eps)``
+rounds as before (2 parties, local truncation; 13 with the exact default). LayerNorm's weight
+is multiplied inside the standardisation with exact truncation (no product round of its
+own: ``F.layer_norm`` with an affine 13 rounds, 16 before). Running statistics in eval mode use ``rsqrt(running_var + eps)``
 at scale ``f``: ``eps`` is then rounded to a multiple of ``2**-16`` (``1e-5`` -> ``1.5e-5``),
 which matters only for running variances below about ``1e-2``; public statistics (a plaintext
 model in eval mode) cost products only. The backward passes are the textbook formulas
