@@ -246,7 +246,7 @@ def standardize(
     before step 5's truncation was fused), also with a ``weight`` (a separate ``x_hat *
     weight`` costs 2 more): the truncations ride in the following products
     (:mod:`~crypten_lite.protocols.fused`). Measured for 16x768: 0.70 MB sent per party
-    (0.80 MB with a secret weight; 0.90 MB and 16 rounds unfused).
+    (with a secret weight 0.90 MB in 13 rounds, as unfused in 16).
     Security: semi-honest; only masked values are opened (comparison, products).
     Reference: exact centring by ``n x - sum x`` and scaling by a one-hot power of two as in
     the normalisation step of Catrina and Saxena, FC'10 / Aly and Smart, ACNS'19; comparison as
