@@ -278,31 +278,36 @@ def standardize(
     thresholds = [1 << (2 * j) for j in range(plan.j0, _TOP_LOG4 + 1)]
     onehot = _onehot(s_c, party, thresholds)
     ks = [plan.k(j) for j in plan.buckets]
-    # stage 2: y = D / 2**k (low buckets from D, high ones from y_c = D >> t_c)
-    big_k = max(plan.t_c, max(ks) - plan.t_c)
-    w_lo = [1 << (big_k - k) if k <= plan.t_c else 0 for k in ks]
-    w_hi = [1 << (big_k - (k - plan.t_c)) if k > plan.t_c else 0 for k in ks]
-    # both products in one broadcasting Beaver product: the weights' masks are per row
-    z = beaver(
-        "mul",
-        torch.stack([d, y_c]),
-        torch.stack([_select(onehot, w_lo), _select(onehot, w_hi)]),
-        party,
-        tag="standardize.scale",
-    )
-    z_p = lazy(z, party, big_k)
-    y_p = (
-        Pending(z_p.share[0] + z_p.share[1], z_p.bits)
-        if isinstance(z_p, Pending)
-        else z_p[0] + z_p[1]
-    )
+    # stage 2: y = D / 2**k. With exact truncation one product D * 2**(K - k_j), K = max k:
+    # its value y 2**K stays below 2**55 for n up to 2**20 (the selected bucket keeps y near
+    # 2**13 rms), and the truncation is exact below 2**62. Local truncation fails with
+    # probability |z| / 2**63, so there the high buckets start from y_c = D >> t_c and both
+    # products keep z below 2**(13 + t_c) times the row's peak-to-rms ratio.
+    extra = 0 if resolve_method(party) == "local" else _Y_EXTRA
+    if extra:
+        big_k = max(max(ks), extra + 1)
+        w_sel = _select(onehot, [1 << (big_k - k) for k in ks])
+        # one broadcasting Beaver product: the weight's mask is per row
+        z_sum = beaver("mul", d, w_sel, party, tag="standardize.scale")
+    else:
+        big_k = max(plan.t_c, max(ks) - plan.t_c)
+        w_lo = [1 << (big_k - k) if k <= plan.t_c else 0 for k in ks]
+        w_hi = [1 << (big_k - (k - plan.t_c)) if k > plan.t_c else 0 for k in ks]
+        # both products in one broadcasting Beaver product: the weights' masks are per row
+        z = beaver(
+            "mul",
+            torch.stack([d, y_c]),
+            torch.stack([_select(onehot, w_lo), _select(onehot, w_hi)]),
+            party,
+            tag="standardize.scale",
+        )
+        z_sum = z[0] + z[1]
+    y_p = lazy(z_sum, party, big_k)
     # With exact truncation the outputs take y with _Y_EXTRA more bits, truncated from the
     # same z: x_hat's resolution is then 2**-20 of the row's rms, not 2**-13 (the products
     # with it stay below 2**47 for n = 768; local truncation would fail on them 2**-17 of the
     # time, so it keeps y).
-    extra = 0 if resolve_method(party) == "local" else _Y_EXTRA
-    z_sum = z[0] + z[1]
-    y_out: Operand = lazy(z_sum << max(0, extra - big_k), party, max(0, big_k - extra))
+    y_out: Operand = lazy(z_sum, party, big_k - extra) if extra else y_p
     # mean = (s / 2**ceil(log2 n)) * (2**ceil(log2 n) / n), the factor in (1/2, 1] at 2**-24
     g = 24
     mean_p = lazy(s_low * round(2.0 ** (lg_up + g) / n), party, g)
