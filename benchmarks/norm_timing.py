@@ -1,13 +1,16 @@
 """Time, rounds and bytes of LayerNorm and rsqrt, exact against local truncation, same run.
 
-Usage: ``python benchmarks/norm_timing.py [--reps 5] [--runs 3] [--profile NAME]``
+Usage: ``python benchmarks/norm_timing.py [--reps 5] [--runs 3] [--modes local,dealer]
+[--cases NAME,...] [--profile NAME]``; with ``PYTHONPATH`` pointing at an exported older tree
+(``crypten_lite/protocols`` linked to its ``protocols/``) it times that tree the same way.
 
 Two parties as threads over the in-process transport, trusted first party (as the session's
 figures in ``benchmarks/RESULTS.md``), one torch thread each. Each case is timed ``reps`` times
 after a warm-up, on every party together; the median is reported, and the runs alternate the
 truncation modes so that load drift hits both. ``--profile NAME`` prints party 0's cProfile of
 one case instead. Besides the wall time (the slower party's), the parties' thread CPU time
-(summed) is reported: on a shared machine it is the steadier figure.
+(summed; median and minimum over the reps) is reported: on a shared machine it is the
+steadier figure.
 """
 
 from __future__ import annotations
