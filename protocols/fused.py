@@ -212,10 +212,12 @@ def mul_fused(
         shapes.append(shape)
         ids = []
         for v in (x, y):
-            key = (id(v), tuple(shape))
+            # each operand is opened at its own shape (a per-row factor once per row); the
+            # dealer's cross terms broadcast like the product
+            key = (id(v), tuple(v.shape))
             if key not in index:
                 index[key] = len(operands)
-                operands.append(_expand(v, shape))
+                operands.append(v)
             ids.append(index[key])
         prods.append((min(ids), max(ids)))
     for e in extra:
@@ -232,14 +234,6 @@ def mul_fused(
     return [o.view(s) for o, s in zip(outs, shapes, strict=True)]
 
 
-def _expand(v: Operand, shape: torch.Size) -> Operand:
-    if v.shape == shape:
-        return v
-    if isinstance(v, Pending):
-        return Pending(v.share.expand(shape), v.bits)
-    return v.expand(shape)
-
-
 def _fused(
     operands: Sequence[Operand], prods: Sequence[tuple[int, int]], party: Party, tag: str
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -249,13 +243,15 @@ def _fused(
         if not 0 <= k <= _SHIFT:
             raise ValueError(f"party {party.rank}: pending bits must be in [1, 62], got {k}")
     flat = [(x.share if isinstance(x, Pending) else x).reshape(-1) for x in operands]
-    request = DealerRequest(
-        "fused",
-        {
-            "operands": [[t.numel(), k] for t, k in zip(flat, bits, strict=True)],
-            "products": [[i, j] for i, j in prods],
-        },
-    )
+    oshapes = [tuple(x.shape) for x in operands]
+    pshapes = [tuple(torch.broadcast_shapes(oshapes[i], oshapes[j])) for i, j in prods]  # type: ignore[no-untyped-call]
+    params: dict[str, object] = {
+        "operands": [[t.numel(), k] for t, k in zip(flat, bits, strict=True)],
+        "products": [[i, j] for i, j in prods],
+    }
+    if any(oshapes[i] != oshapes[j] for i, j in prods):
+        params["shapes"] = [list(sh) for sh in oshapes]
+    request = DealerRequest("fused", params)
     batch = party.dealer.request([request])
     (*masks,), derived = material_parts(batch, 0, len(flat))
     opened_in = []
@@ -276,9 +272,10 @@ def _fused(
     lin: list[list[tuple[Tensor | int, Tensor]]] = []
     l_share: list[Tensor] = []
     settled: list[Tensor] = []
-    for x, u, k, c_pub in zip(flat, masks, bits, opened, strict=True):
+    for x, u, k, c_pub, sh in zip(flat, masks, bits, opened, oshapes, strict=True):
+        x, u, c_pub = x.view(sh), u.view(sh), c_pub.view(sh)
         if k:
-            hi, s = next(comps), next(comps)
+            hi, s = next(comps).view(sh), next(comps).view(sh)
             weight = ((c_pub >> 63) + 1) << (64 - k)  # W = (1 - msb(c)) 2**(64-k)
             p = logical_rshift(c_pub, k)
             p -= 1 << (_SHIFT - k)
@@ -294,14 +291,14 @@ def _fused(
             l_share.append(u)  # L = [u]: no copy (the operand is its own settled value)
             settled.append(x)
     outs = []
-    for i, j in prods:
+    for (i, j), psh in zip(prods, pshapes, strict=True):
         pi, pj = pub[i], pub[j]
         if i == j:
             z = pi * l_share[i]
             z <<= 1  # 2 P [L]
             if bits[i]:
                 # L**2 = hi**2 - 2 W hi s + W**2 s   (s**2 = s)
-                h2, hs = next(comps), next(comps)
+                h2, hs = next(comps).view(psh), next(comps).view(psh)
                 w, s = lin[i][1]
                 assert isinstance(w, Tensor)
                 z += h2
@@ -309,14 +306,14 @@ def _fused(
                 if bits[i] > 32:  # W**2 is a multiple of 2**(128 - 2k): 0 mod 2**64 for k <= 32
                     z.addcmul_(w * w, s)
             else:
-                z += next(comps)
+                z += next(comps).view(psh)
             if party.rank == 0:
                 z.addcmul_(pi, pi)
         else:
             z = pi * l_share[j]
             z.addcmul_(pj, l_share[i])
             n_terms = fused_terms(bits[i], bits[j], False)
-            terms = [next(comps) for _ in range(n_terms)]
+            terms = [next(comps).view(psh) for _ in range(n_terms)]
             it = iter(terms)
             for ci, _ in lin[i]:
                 for cj, _ in lin[j]:
@@ -326,8 +323,8 @@ def _fused(
                     _add_scaled(z, term, ci, cj)
             if party.rank == 0:
                 z.addcmul_(pi, pj)
-        outs.append(z)
-    return settled, outs
+        outs.append(z.reshape(-1))
+    return [t.reshape(-1) for t in settled], outs
 
 
 def _add_scaled(z: Tensor, term: Tensor, ci: Tensor | int, cj: Tensor | int) -> None:
