@@ -153,8 +153,9 @@ def mul_fused(
 ) -> list[Tensor]:
     """Elementwise products of operands that may be pending, in one round, untruncated.
 
-    1. Each distinct operand (by identity, after broadcasting within its pair) takes a fresh
-       uniform mask ``[u]`` from one ``fused`` dealer item. Plain ``x``: open ``e = x - u``.
+    1. Each distinct operand (by identity and shape, at its own shape: a per-row factor is
+       opened once per row) takes a fresh uniform mask ``[u]`` from one ``fused`` dealer item
+       whose cross terms broadcast like the products (Beaver's broadcasting form). Plain ``x``: open ``e = x - u``.
        Pending ``(z, k)``: open ``c = z + 2**62 + u`` (party 0 adds ``2**62``). One message
        per peer for everything.
     2. Per operand, ``X = P + L`` with public ``P`` and shares ``[L]``: plain ``P = e``,
@@ -177,8 +178,8 @@ def mul_fused(
 
     Error: each pending operand is exactly what ``truncate_dealer`` would return
     (``floor(z / 2**k)`` or one more), so the products are exact for those operands.
-    Cost: 1 round; each party sends ``8`` bytes per element of each distinct operand to each
-    peer. The dealer sends, per product, up to 3 (2 for a square) cross terms instead of the
+    Cost: 1 round; each party sends ``8`` bytes per element of each distinct operand (at its
+    own shape) to each peer. The dealer sends, per product, up to 3 (2 for a square) cross terms instead of the
     triple's one.
     Security: semi-honest, any ``N - 1`` colluding parties, dealer not colluding. Every opened
     value is masked by its own fresh uniform ``u`` over the whole ring, so ``c`` and ``e`` are

@@ -246,9 +246,9 @@ def standardize(
     With exact truncation (the default, any ``N``) 13 rounds (``n = 768``; 25 unfused; 14
     before step 5's truncation was fused), also with a ``weight`` (a separate ``x_hat *
     weight`` costs 2 more): the truncations ride in the following products
-    (:mod:`~crypten_lite.protocols.fused`). Measured for 16x768: 0.60 MB sent per party, as
-    with local truncation (0.70 MB before the single scale product); with a secret weight
-    0.80 MB in 13 rounds (0.90 MB in 16 unfused).
+    (:mod:`~crypten_lite.protocols.fused`). Measured for 16x768: 0.50 MB sent per party
+    (0.70 MB before the single scale product and the per-row opening of ``q``; local
+    truncation 0.60 MB); with a secret weight 0.61 MB in 13 rounds (0.90 MB in 16 unfused).
     Security: semi-honest; only masked values are opened (comparison, products).
     Reference: exact centring by ``n x - sum x`` and scaling by a one-hot power of two as in
     the normalisation step of Catrina and Saxena, FC'10 / Aly and Smart, ACNS'19; comparison as
