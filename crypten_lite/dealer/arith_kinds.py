@@ -5,7 +5,8 @@ bilinear op of :mod:`crypten_lite.ring` and their XOR counterpart, square pairs,
 pairs, edaBits and random shared bits (:data:`ARITH_KINDS`), and the ``fused`` items of
 :mod:`crypten_lite.protocols.fused` (exact truncations opened in the next product's round):
 per operand a uniform mask, per pending operand its truncation pair, per product the cross
-terms of the operands' masks (:func:`fused_terms` counts them).
+terms of the operands' masks (:func:`fused_terms` counts them; with the optional operand
+``shapes`` they broadcast like torch, so a per-row operand has one mask per row).
 
 Fixed operands (a weight multiplied by many inputs): ``fixed_mask`` deals a uniform ``[b]`` that
 the dealer *keeps* (reconstructed from the seeds, so it is still seed-compressed and the dealer
