@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from crypten_lite.dealer import DealerRequest
-from crypten_lite.dealer.arith_kinds import fused_terms
+from crypten_lite.dealer.arith_kinds import broadcast_shape, fused_terms
 from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import material_parts
 from crypten_lite.protocols.opening import open_shares
@@ -209,7 +209,7 @@ def mul_fused(
     prods: list[tuple[int, int]] = []
     shapes: list[torch.Size] = []
     for x, y in pairs:
-        shape = torch.broadcast_shapes(x.shape, y.shape)  # type: ignore[no-untyped-call]
+        shape = torch.Size(broadcast_shape(tuple(x.shape), tuple(y.shape)))
         shapes.append(shape)
         ids = []
         for v in (x, y):
@@ -228,10 +228,10 @@ def mul_fused(
             operands.append(e)
     values, outs = _fused(operands, prods, party, tag)
     if settled is not None:
-        for (ident, shape), i in index.items():
+        for (ident, own), i in index.items():
             v = operands[i]
-            if isinstance(v, Pending) and v.shape == shape and id(v) == ident:
-                settled[ident] = values[i].view(shape)
+            if isinstance(v, Pending) and id(v) == ident:  # operands keep their own shapes
+                settled[ident] = values[i].view(own)
     return [o.view(s) for o, s in zip(outs, shapes, strict=True)]
 
 
@@ -245,7 +245,7 @@ def _fused(
             raise ValueError(f"party {party.rank}: pending bits must be in [1, 62], got {k}")
     flat = [(x.share if isinstance(x, Pending) else x).reshape(-1) for x in operands]
     oshapes = [tuple(x.shape) for x in operands]
-    pshapes = [tuple(torch.broadcast_shapes(oshapes[i], oshapes[j])) for i, j in prods]  # type: ignore[no-untyped-call]
+    pshapes = [broadcast_shape(oshapes[i], oshapes[j]) for i, j in prods]
     params: dict[str, object] = {
         "operands": [[t.numel(), k] for t, k in zip(flat, bits, strict=True)],
         "products": [[i, j] for i, j in prods],

@@ -38,7 +38,22 @@ from crypten_lite.dealer.request import (
 from crypten_lite.errors import ProtocolError
 from crypten_lite.ring import bilinear, bilinear_output_shape, logical_rshift, msb
 
-__all__ = ["ARITH_KINDS", "fused_terms"]
+__all__ = ["ARITH_KINDS", "broadcast_shape", "fused_terms"]
+
+
+def broadcast_shape(a: Shape, b: Shape) -> Shape:
+    """torch's broadcast of two shapes (``torch.broadcast_shapes`` is Python-heavy: this is
+    on every fused product's path). Raises ``ValueError`` when they do not broadcast."""
+    if a == b:
+        return a
+    n = max(len(a), len(b))
+    pa, pb = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(pa, pb, strict=True):
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return tuple(out)
 
 
 def _triple_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
@@ -155,8 +170,8 @@ def _fused_spec(
             sizes.append(operands[q[0]][0])
         else:
             try:
-                bshape = torch.broadcast_shapes(shapes[q[0]], shapes[q[1]])  # type: ignore[no-untyped-call]
-            except RuntimeError:
+                bshape = broadcast_shape(shapes[q[0]], shapes[q[1]])
+            except ValueError:
                 raise ProtocolError(f"dealer request 'fused': bad product {q!r}") from None
             if math.prod(bshape) >= 1 << 40:
                 raise ProtocolError(f"dealer request 'fused': product {q!r} is too large")
