@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from crypten_lite.dealer import DealerRequest
-from crypten_lite.dealer.arith_kinds import fused_terms
+from crypten_lite.dealer.arith_kinds import broadcast_shape, fused_terms
 from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import material_parts
 from crypten_lite.protocols.opening import open_shares
@@ -153,8 +153,9 @@ def mul_fused(
 ) -> list[Tensor]:
     """Elementwise products of operands that may be pending, in one round, untruncated.
 
-    1. Each distinct operand (by identity, after broadcasting within its pair) takes a fresh
-       uniform mask ``[u]`` from one ``fused`` dealer item. Plain ``x``: open ``e = x - u``.
+    1. Each distinct operand (by identity and shape, at its own shape: a per-row factor is
+       opened once per row) takes a fresh uniform mask ``[u]`` from one ``fused`` dealer item
+       whose cross terms broadcast like the products (Beaver's broadcasting form). Plain ``x``: open ``e = x - u``.
        Pending ``(z, k)``: open ``c = z + 2**62 + u`` (party 0 adds ``2**62``). One message
        per peer for everything.
     2. Per operand, ``X = P + L`` with public ``P`` and shares ``[L]``: plain ``P = e``,
@@ -177,8 +178,8 @@ def mul_fused(
 
     Error: each pending operand is exactly what ``truncate_dealer`` would return
     (``floor(z / 2**k)`` or one more), so the products are exact for those operands.
-    Cost: 1 round; each party sends ``8`` bytes per element of each distinct operand to each
-    peer. The dealer sends, per product, up to 3 (2 for a square) cross terms instead of the
+    Cost: 1 round; each party sends ``8`` bytes per element of each distinct operand (at its
+    own shape) to each peer. The dealer sends, per product, up to 3 (2 for a square) cross terms instead of the
     triple's one.
     Security: semi-honest, any ``N - 1`` colluding parties, dealer not colluding. Every opened
     value is masked by its own fresh uniform ``u`` over the whole ring, so ``c`` and ``e`` are
@@ -208,14 +209,16 @@ def mul_fused(
     prods: list[tuple[int, int]] = []
     shapes: list[torch.Size] = []
     for x, y in pairs:
-        shape = torch.broadcast_shapes(x.shape, y.shape)  # type: ignore[no-untyped-call]
+        shape = torch.Size(broadcast_shape(tuple(x.shape), tuple(y.shape)))
         shapes.append(shape)
         ids = []
         for v in (x, y):
-            key = (id(v), tuple(shape))
+            # each operand is opened at its own shape (a per-row factor once per row); the
+            # dealer's cross terms broadcast like the product
+            key = (id(v), tuple(v.shape))
             if key not in index:
                 index[key] = len(operands)
-                operands.append(_expand(v, shape))
+                operands.append(v)
             ids.append(index[key])
         prods.append((min(ids), max(ids)))
     for e in extra:
@@ -225,19 +228,11 @@ def mul_fused(
             operands.append(e)
     values, outs = _fused(operands, prods, party, tag)
     if settled is not None:
-        for (ident, shape), i in index.items():
+        for (ident, own), i in index.items():
             v = operands[i]
-            if isinstance(v, Pending) and v.shape == shape and id(v) == ident:
-                settled[ident] = values[i].view(shape)
+            if isinstance(v, Pending) and id(v) == ident:  # operands keep their own shapes
+                settled[ident] = values[i].view(own)
     return [o.view(s) for o, s in zip(outs, shapes, strict=True)]
-
-
-def _expand(v: Operand, shape: torch.Size) -> Operand:
-    if v.shape == shape:
-        return v
-    if isinstance(v, Pending):
-        return Pending(v.share.expand(shape), v.bits)
-    return v.expand(shape)
 
 
 def _fused(
@@ -249,13 +244,15 @@ def _fused(
         if not 0 <= k <= _SHIFT:
             raise ValueError(f"party {party.rank}: pending bits must be in [1, 62], got {k}")
     flat = [(x.share if isinstance(x, Pending) else x).reshape(-1) for x in operands]
-    request = DealerRequest(
-        "fused",
-        {
-            "operands": [[t.numel(), k] for t, k in zip(flat, bits, strict=True)],
-            "products": [[i, j] for i, j in prods],
-        },
-    )
+    oshapes = [tuple(x.shape) for x in operands]
+    pshapes = [broadcast_shape(oshapes[i], oshapes[j]) for i, j in prods]
+    params: dict[str, object] = {
+        "operands": [[t.numel(), k] for t, k in zip(flat, bits, strict=True)],
+        "products": [[i, j] for i, j in prods],
+    }
+    if any(oshapes[i] != oshapes[j] for i, j in prods):
+        params["shapes"] = [list(sh) for sh in oshapes]
+    request = DealerRequest("fused", params)
     batch = party.dealer.request([request])
     (*masks,), derived = material_parts(batch, 0, len(flat))
     opened_in = []
@@ -270,60 +267,75 @@ def _fused(
     opened = open_shares(opened_in, party, tag=tag)
     assert opened is not None
     comps = iter(derived())
-    pub: list[Tensor] = []  # P per operand
-    lin: list[list[tuple[Tensor | int, Tensor]]] = []  # L = sum coef * [basis]
-    for u, k, c_pub in zip(masks, bits, opened, strict=True):
+    # Per operand: the public P, the coefficients (public int or tensor) of its basis and the
+    # basis shares, and [L] = sum coef * basis (the Beaver mask's role).
+    pub: list[Tensor] = []
+    lin: list[list[tuple[Tensor | int, Tensor]]] = []
+    l_share: list[Tensor] = []
+    settled: list[Tensor] = []
+    for x, u, k, c_pub, sh in zip(flat, masks, bits, opened, oshapes, strict=True):
+        x, u, c_pub = x.view(sh), u.view(sh), c_pub.view(sh)
         if k:
-            hi, s = next(comps), next(comps)
+            hi, s = next(comps).view(sh), next(comps).view(sh)
             weight = ((c_pub >> 63) + 1) << (64 - k)  # W = (1 - msb(c)) 2**(64-k)
-            pub.append(logical_rshift(c_pub, k) - (1 << (_SHIFT - k)))
+            p = logical_rshift(c_pub, k)
+            p -= 1 << (_SHIFT - k)
+            lv = s * weight
+            lv -= hi  # L = W [s] - [r_hi]
+            pub.append(p)
             lin.append([(-1, hi), (weight, s)])
+            l_share.append(lv)
+            settled.append(lv + p if party.rank == 0 else lv)  # outs below only read lv
         else:
             pub.append(c_pub)
             lin.append([(1, u)])
-    l_share = [_combine(terms) for terms in lin]
-    settled = []
-    for p, ls in zip(pub, l_share, strict=True):
-        x = ls.clone()
-        if party.rank == 0:
-            x += p
-        settled.append(x)
+            l_share.append(u)  # L = [u]: no copy (the operand is its own settled value)
+            settled.append(x)
     outs = []
-    for i, j in prods:
+    for (i, j), psh in zip(prods, pshapes, strict=True):
         pi, pj = pub[i], pub[j]
         if i == j:
-            z = 2 * pi * l_share[i]
+            z = pi * l_share[i]
+            z <<= 1  # 2 P [L]
             if bits[i]:
                 # L**2 = hi**2 - 2 W hi s + W**2 s   (s**2 = s)
-                h2, hs = next(comps), next(comps)
+                h2, hs = next(comps).view(psh), next(comps).view(psh)
                 w, s = lin[i][1]
+                assert isinstance(w, Tensor)
                 z += h2
-                z -= 2 * w * hs
-                z += (w * w) * s
+                z.addcmul_(w, hs, value=-2)
+                if bits[i] > 32:  # W**2 is a multiple of 2**(128 - 2k): 0 mod 2**64 for k <= 32
+                    z.addcmul_(w * w, s)
             else:
-                z += next(comps)
+                z += next(comps).view(psh)
             if party.rank == 0:
-                z += pi * pi
+                z.addcmul_(pi, pi)
         else:
             z = pi * l_share[j]
-            z += pj * l_share[i]
+            z.addcmul_(pj, l_share[i])
             n_terms = fused_terms(bits[i], bits[j], False)
-            terms = [next(comps) for _ in range(n_terms)]
+            terms = [next(comps).view(psh) for _ in range(n_terms)]
             it = iter(terms)
             for ci, _ in lin[i]:
                 for cj, _ in lin[j]:
                     term = next(it, None)
                     if term is None:  # [s s'] omitted: its coefficient W W' is 0 mod 2**64
                         continue
-                    z += term * (ci * cj)
+                    _add_scaled(z, term, ci, cj)
             if party.rank == 0:
-                z += pi * pj
-        outs.append(z)
-    return settled, outs
+                z.addcmul_(pi, pj)
+        outs.append(z.reshape(-1))
+    return [t.reshape(-1) for t in settled], outs
 
 
-def _combine(terms: Sequence[tuple[Tensor | int, Tensor]]) -> Tensor:
-    out = terms[0][1] * terms[0][0]
-    for c, t in terms[1:]:
-        out += t * c
-    return out
+def _add_scaled(z: Tensor, term: Tensor, ci: Tensor | int, cj: Tensor | int) -> None:
+    """``z += term * ci * cj`` in place, for public coefficients (ints or tensors)."""
+    if isinstance(ci, int) and isinstance(cj, int):
+        z.add_(term, alpha=ci * cj)
+    elif isinstance(ci, int):
+        assert isinstance(cj, Tensor)
+        z.addcmul_(term, cj, value=ci)
+    elif isinstance(cj, int):
+        z.addcmul_(term, ci, value=cj)
+    else:
+        z.addcmul_(term, ci * cj)

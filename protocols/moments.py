@@ -45,6 +45,7 @@ from crypten_lite.protocols.polynomial import (
     evaluate_lazy,
     fit,
     mul_many,
+    mul_many_lazy,
     public_affine_lazy,
     square_many_lazy,
     truncate_many,
@@ -59,6 +60,8 @@ _STD_FLOOR_LOG2 = -10  # D >> t_c keeps 2 bits at standard deviation 2**-10 (~1e
 _TOP_LOG4 = 30  # last coarse threshold 4**30 = 2**60; S_c must stay below 2**62
 _U_LO, _U_HI = 0.75, 5.25  # domain of the u**-1/2 polynomial
 _U_SCALE = 20  # fractional bits of u and of the polynomial
+_W_CUT = 8  # bits truncated from y * weight (see standardize)
+_Y_EXTRA = 7  # more bits of y for the outputs with exact truncation (see standardize)
 
 
 @dataclass(eq=False)
@@ -66,16 +69,19 @@ class Standardized:
     """Results of :func:`standardize`, int64 shares at scale ``f``.
 
     Attributes:
-        x_hat: ``(x - mean) / sqrt(var + eps)``, the input's shape.
+        x_hat: ``(x - mean) / sqrt(var + eps)``, the input's shape (``None`` when only the
+            affine output was asked for).
         mean: the mean over the reduced dimensions (kept as size-1 dimensions).
         rstd: ``1 / sqrt(var + eps)``, shaped like ``mean``.
         var: the biased variance, shaped like ``mean`` (``None`` unless asked for).
+        scaled: ``x_hat * weight`` when a weight was given (fused; see :func:`standardize`).
     """
 
-    x_hat: Tensor
+    x_hat: Tensor | None
     mean: Tensor
     rstd: Tensor
     var: Tensor | None
+    scaled: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,8 @@ def _factor_pairs(
     pairs: list[tuple[Operand, Operand]] = []
     bits: list[int] = []
     for g, idx in sorted(groups.items()):
-        b = max(0, 14 - 6 * g)
+        # at least f - scale_v bits, so the product never needs a left shift (f > 20)
+        b = max(0, 14 - 6 * g, f - scale_v)
         w = [round(factors[i] * 2.0**b) if i in idx else 0 for i in range(len(factors))]
         if any(w):
             pairs.append((v, _select(onehot, w)))
@@ -182,6 +189,9 @@ def standardize(
     *,
     need_var: bool = True,
     center: bool = True,
+    weight: Tensor | None = None,
+    weight_public: bool = False,
+    need_x_hat: bool = True,
 ) -> Standardized:
     """``x_hat = (x - mean) / sqrt(var + eps)`` over ``dims`` (biased variance), with ``mean``,
     ``rstd`` and optionally ``var``; see the module docstring for the method.
@@ -189,12 +199,16 @@ def standardize(
     1. ``s = sum(x)``, ``D = n x - s`` (local, exact); ``mean = s / n`` (one truncation).
     2. ``y_c = D >> t_c`` (truncation); ``S_c = sum(y_c**2) + eps_c`` (1 round, exact squares).
     3. One-hot bucket of ``S_c`` against ``4**j0 .. 4**30`` (3 + 1 rounds, one value per row).
-    4. ``y = D 2**(t_c-k_j) >> t_c`` or ``y_c 2**(K-k_j+t_c) >> K`` (1 round, both products).
+    4. ``y = D 2**(t_c-k_j) >> t_c`` or ``y_c 2**(K-k_j+t_c) >> K`` (1 round, both products;
+       with exact truncation one product ``D 2**(K - k_j) >> K``, ``K = max k_j``).
     5. ``S = sum(y**2)`` (1 round; squares exact, or truncated so ``S`` stays near ``2**36``
-       for large ``n``); ``u = (S + eps_j + floor_j) / 2**P`` (local).
+       for large ``n``); ``u = (S + eps_j + floor_j) / 2**P`` (local; with exact truncation
+       its truncation is left pending into step 6's first square).
     6. ``q = sqrt(n) 2**-c u**-1/2``: degree-12 relative fit on ``[0.75, 5.25]`` (4 rounds).
-    7. ``x_hat = y q 2**(c - P/2)``, ``rstd = q * bucket factor``, ``var = S / 2**P * bucket
-       factor``: one round.
+    7. ``x_hat = y' q 2**(c - P/2)``, ``rstd = q * bucket factor``, ``var = S / 2**P * bucket
+       factor``: one round (and one to settle the truncations with exact truncation). With
+       exact truncation ``y'`` is ``y`` with 7 more bits, truncated from step 4's product
+       (``x_hat``'s resolution ``2**-20`` of the row's rms instead of ``2**-13``).
 
     Args:
         x: int64 shares at scale ``f``.
@@ -204,12 +218,23 @@ def standardize(
         need_var: also return the variance (one more pair in the last round).
         center: ``False`` for RMS normalisation: ``x / sqrt(mean(x**2) + eps)`` (``D = n x``,
             ``var`` is then the mean square; ``mean`` is still returned).
+        weight: the affine weight (shares at scale ``f``, or the public encoded value on every
+            party with ``weight_public``), broadcastable to ``x``: ``scaled = x_hat * weight``
+            comes out of the last round without a product (and truncation round) of its own.
+            ``y * weight`` rides in step 5's round (``weight`` is opened per element there,
+            or is a local product when public) and its pending truncation by 8 bits in step
+            7's; ``|weight| < 2**16``. Exact truncation only: with the 2-party local method
+            the larger products would fail too often, so ``x_hat * weight`` is a product there.
+        need_x_hat: ``False`` with a weight returns ``x_hat = None`` and opens ``y`` no more
+            (inference: no backward needs it).
 
     Domain and error (2 and 3 parties, measured in ``tests/mpc/test_numerics_norm.py``):
     ``var + eps`` in ``standardize_domain(n)``, for ``n = 768``, ``f = 16`` about
     ``[2.4e-7, 2.3e9]`` (standard deviations ``5e-4 .. 4.8e4``): ``x_hat`` within ``2e-4``
-    absolute (its relative error 1e-5 plus the fixed-point resolution of ``y``, 2**-12 of the
-    row's rms); the input's own quantisation (``2**-17`` absolute) is what remains. ``rstd``
+    absolute with local truncation (its relative error 1e-5 plus the fixed-point resolution
+    of ``y``, 2**-12 of the row's rms), ``1e-4`` with exact truncation (measured ``6e-5``
+    for 32x768 at std 2: ``y'`` has 2**-19 of the rms, the output's own ulp remains); the
+    input's own quantisation (``2**-17`` absolute) is what remains. ``rstd``
     and ``var``: relative ``1e-4`` plus one ulp of the output. Below the domain ``rstd``
     saturates as if ``var + eps`` were about ``lo`` (constant rows give ``x_hat = 0`` as in
     torch); above it the coarse sum wraps the ring and the result is undefined. With 2 parties
@@ -218,8 +243,12 @@ def standardize(
 
     Cost (2 parties): 12 rounds (as ``rsqrt(mean(xc * xc) + eps)``); per element 8 + 16 + 8 +
     16 bytes to each peer, per row about ``8 + 5 * 25`` bytes of comparison plus the polynomial.
-    With exact truncation (the default, any ``N``) 14 rounds (``n = 768``; 25 unfused): the
-    truncations ride in the following products (:mod:`~crypten_lite.protocols.fused`).
+    With exact truncation (the default, any ``N``) 13 rounds (``n = 768``; 25 unfused; 14
+    before step 5's truncation was fused), also with a ``weight`` (a separate ``x_hat *
+    weight`` costs 2 more): the truncations ride in the following products
+    (:mod:`~crypten_lite.protocols.fused`). Measured for 16x768: 0.50 MB sent per party
+    (0.70 MB before the single scale product and the per-row opening of ``q``; local
+    truncation 0.60 MB); with a secret weight 0.61 MB in 13 rounds (0.90 MB in 16 unfused).
     Security: semi-honest; only masked values are opened (comparison, products).
     Reference: exact centring by ``n x - sum x`` and scaling by a one-hot power of two as in
     the normalisation step of Catrina and Saxena, FC'10 / Aly and Smart, ACNS'19; comparison as
@@ -251,53 +280,98 @@ def standardize(
     thresholds = [1 << (2 * j) for j in range(plan.j0, _TOP_LOG4 + 1)]
     onehot = _onehot(s_c, party, thresholds)
     ks = [plan.k(j) for j in plan.buckets]
-    # stage 2: y = D / 2**k (low buckets from D, high ones from y_c = D >> t_c)
-    big_k = max(plan.t_c, max(ks) - plan.t_c)
-    w_lo = [1 << (big_k - k) if k <= plan.t_c else 0 for k in ks]
-    w_hi = [1 << (big_k - (k - plan.t_c)) if k > plan.t_c else 0 for k in ks]
-    # both products in one broadcasting Beaver product: the weights' masks are per row
-    z = beaver(
-        "mul",
-        torch.stack([d, y_c]),
-        torch.stack([_select(onehot, w_lo), _select(onehot, w_hi)]),
-        party,
-        tag="standardize.scale",
-    )
-    z_p = lazy(z, party, big_k)
-    y_p = (
-        Pending(z_p.share[0] + z_p.share[1], z_p.bits)
-        if isinstance(z_p, Pending)
-        else z_p[0] + z_p[1]
-    )
+    # stage 2: y = D / 2**k. With exact truncation one product D * 2**(K - k_j), K = max k:
+    # its value y 2**K stays below 2**55 for n up to 2**20 (the selected bucket keeps y near
+    # 2**13 rms), and the truncation is exact below 2**62. Local truncation fails with
+    # probability |z| / 2**63, so there the high buckets start from y_c = D >> t_c and both
+    # products keep z below 2**(13 + t_c) times the row's peak-to-rms ratio.
+    extra = 0 if resolve_method(party) == "local" else _Y_EXTRA
+    if extra:
+        big_k = max(max(ks), extra + 1)
+        w_sel = _select(onehot, [1 << (big_k - k) for k in ks])
+        # one broadcasting Beaver product: the weight's mask is per row
+        z_sum = beaver("mul", d, w_sel, party, tag="standardize.scale")
+    else:
+        big_k = max(plan.t_c, max(ks) - plan.t_c)
+        w_lo = [1 << (big_k - k) if k <= plan.t_c else 0 for k in ks]
+        w_hi = [1 << (big_k - (k - plan.t_c)) if k > plan.t_c else 0 for k in ks]
+        # both products in one broadcasting Beaver product: the weights' masks are per row
+        z = beaver(
+            "mul",
+            torch.stack([d, y_c]),
+            torch.stack([_select(onehot, w_lo), _select(onehot, w_hi)]),
+            party,
+            tag="standardize.scale",
+        )
+        z_sum = z[0] + z[1]
+    y_p = lazy(z_sum, party, big_k)
+    # With exact truncation the outputs take y with _Y_EXTRA more bits, truncated from the
+    # same z: x_hat's resolution is then 2**-20 of the row's rms, not 2**-13 (the products
+    # with it stay below 2**47 for n = 768; local truncation would fail on them 2**-17 of the
+    # time, so it keeps y).
+    y_out: Operand = lazy(z_sum, party, big_k - extra) if extra else y_p
     # mean = (s / 2**ceil(log2 n)) * (2**ceil(log2 n) / n), the factor in (1/2, 1] at 2**-24
     g = 24
     mean_p = lazy(s_low * round(2.0 ** (lg_up + g) / n), party, g)
     # With local truncation the squares are truncated by b_sq bits when n is large, so the row
     # sum S / 2**b_sq stays near 2**36 (its local truncation to u below then fails with
     # probability about 2**-26); the exact truncation needs no such cut (|S| < 2**62).
-    b_sq = max(0, plan.p - 34) if resolve_method(party) == "local" else 0
-    (sq,) = square_many_lazy(
-        [y_p], party, b_sq, tag="standardize.fine", settled=st, extra=_pending(mean_p)
+    local = resolve_method(party) == "local"
+    if weight is not None and local:
+        raise ValueError(f"party {party.rank}: standardize's fused weight needs exact truncation")
+    b_sq = max(0, plan.p - 34) if local else 0
+    # y * weight: y is an integer, so y w is at scale f; _W_CUT bits of it go (pending, into
+    # the last round) so that its product with q (below 2**21) stays below 2**(45+f-16) |w|
+    fine: list[tuple[Operand, Operand]] = [(y_p, y_p)]
+    if weight is not None and not weight_public:
+        fine.append((y_out, weight))
+    sq, *yw = mul_many_lazy(
+        fine,
+        party,
+        [b_sq, _W_CUT + extra][: len(fine)],
+        tag="standardize.fine",
+        settled=st,
+        # a public weight multiplies y_out locally once it is settled here
+        extra=_pending(mean_p) + (_pending(y_out) if weight_public else []),
     )
     assert isinstance(sq, Tensor)  # local truncation, or bits 0: nothing pending
-    y, mean = settled_value(y_p, st), settled_value(mean_p, st)
+    mean = settled_value(mean_p, st)
+    if weight is not None and weight_public:
+        yw = [lazy(settled_value(y_out, st) * weight, party, _W_CUT + extra)]
     s_fine = sq.sum(dims, keepdim=True)
     # eps at the fine scale, and a floor of 2**P in the bottom bucket (saturation)
     cap = 1 << (plan.p - b_sq + 3)
     add = [min(round(eps * float(n) ** 3 * 4.0 ** (f - k) / 2.0**b_sq), cap) for k in ks]
     add[0] += 1 << (plan.p - b_sq)
     s_tot = s_fine + _select(onehot, add)  # one-hot shares times public integers: local
-    (u,) = truncate_many([s_tot], [plan.p - b_sq - _U_SCALE], party)
+    # u = S / 2**P. Exact truncation: t = 2 (u - lo) / (hi - lo) - 1 straight from S, its one
+    # truncation pending into the polynomial's first square (S < 2**39.6 times a 20-bit
+    # factor stays below 2**62). Local truncation would fail on that 2**59 product with
+    # probability 2**-4, so S is truncated to u first (2**38: probability 2**-25).
+    u, u_scale = s_tot, plan.p - b_sq
+    if resolve_method(party) == "local":
+        (u,) = truncate_many([s_tot], [plan.p - b_sq - _U_SCALE], party)
+        u_scale = _U_SCALE
     t = public_affine_lazy(
-        u, party, _U_SCALE, 2 / (_U_HI - _U_LO), -(_U_HI + _U_LO) / (_U_HI - _U_LO), _U_SCALE
+        u, party, u_scale, 2 / (_U_HI - _U_LO), -(_U_HI + _U_LO) / (_U_HI - _U_LO), _U_SCALE
     )
     gain = math.sqrt(n) / 2.0**plan.c  # in [1, 2)
     coeffs = [gain * cf for cf in fit(_rsqrt, _U_LO, _U_HI, 12, True)]
     # t = 2 (u - lo) / (hi - lo) - 1 lies in [-1, 1] (u is in [lo, hi] by the bucket choice)
     (q,) = evaluate_lazy(t, [coeffs], party, _U_SCALE, _U_SCALE, t_bound=1.0)
-    pairs: list[tuple[Operand, Operand]] = [(y, q)]
-    bits = [_U_SCALE + plan.p // 2 - plan.c - f]
-    assert bits[0] >= 0
+    xq_bits = _U_SCALE + plan.p // 2 - plan.c - f  # y q 2**(c - P/2) at scale f
+    y_q = settled_value(y_out, st) if id(y_out) in st else y_out
+    assert xq_bits >= 0
+    pairs: list[tuple[Operand, Operand]] = []
+    bits: list[int] = []
+    if need_x_hat or weight is None:
+        pairs.append((y_q, q))
+        bits.append(xq_bits + extra)
+    if weight is not None:
+        # (y w 2**(f - _W_CUT)) q: _W_CUT - f more bits than y q
+        pairs.append((yw[0], q))
+        bits.append(xq_bits + f - _W_CUT)
+    n_main = len(pairs)
     # rstd = q * 2**c * n * 2**(f - k - P/2)
     r_pairs, r_bits = _factor_pairs(
         q, onehot, [n * 2.0 ** (plan.c + f - k - plan.p // 2) for k in ks], _U_SCALE, f
@@ -313,10 +387,11 @@ def standardize(
         pairs += v_pairs
         bits += v_bits
     outs = mul_many(pairs, party, bits, tag="standardize.out")
-    x_hat = outs[0]
-    rstd = sum(outs[1 : 1 + len(r_pairs)], torch.zeros_like(mean))
-    var = sum(outs[1 + len(r_pairs) :], torch.zeros_like(mean)) if need_var else None
-    return Standardized(x_hat=x_hat, mean=mean, rstd=rstd, var=var)
+    x_hat = outs[0] if need_x_hat or weight is None else None
+    scaled = outs[n_main - 1] if weight is not None else None
+    rstd = sum(outs[n_main : n_main + len(r_pairs)], torch.zeros_like(mean))
+    var = sum(outs[n_main + len(r_pairs) :], torch.zeros_like(mean)) if need_var else None
+    return Standardized(x_hat=x_hat, mean=mean, rstd=rstd, var=var, scaled=scaled)
 
 
 def _rsqrt(t: Tensor) -> Tensor:

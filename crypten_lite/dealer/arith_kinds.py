@@ -5,7 +5,8 @@ bilinear op of :mod:`crypten_lite.ring` and their XOR counterpart, square pairs,
 pairs, edaBits and random shared bits (:data:`ARITH_KINDS`), and the ``fused`` items of
 :mod:`crypten_lite.protocols.fused` (exact truncations opened in the next product's round):
 per operand a uniform mask, per pending operand its truncation pair, per product the cross
-terms of the operands' masks (:func:`fused_terms` counts them).
+terms of the operands' masks (:func:`fused_terms` counts them; with the optional operand
+``shapes`` they broadcast like torch, so a per-row operand has one mask per row).
 
 Fixed operands (a weight multiplied by many inputs): ``fixed_mask`` deals a uniform ``[b]`` that
 the dealer *keeps* (reconstructed from the seeds, so it is still seed-compressed and the dealer
@@ -18,6 +19,7 @@ consecutive integers that every party assigns in the same (SPMD) order
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +38,22 @@ from crypten_lite.dealer.request import (
 from crypten_lite.errors import ProtocolError
 from crypten_lite.ring import bilinear, bilinear_output_shape, logical_rshift, msb
 
-__all__ = ["ARITH_KINDS", "fused_terms"]
+__all__ = ["ARITH_KINDS", "broadcast_shape", "fused_terms"]
+
+
+def broadcast_shape(a: Shape, b: Shape) -> Shape:
+    """torch's broadcast of two shapes (``torch.broadcast_shapes`` is Python-heavy: this is
+    on every fused product's path). Raises ``ValueError`` when they do not broadcast."""
+    if a == b:
+        return a
+    n = max(len(a), len(b))
+    pa, pb = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(pa, pb, strict=True):
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return tuple(out)
 
 
 def _triple_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
@@ -109,8 +126,12 @@ def _fixed_release_derive(
     return []
 
 
-def _fused_spec(p: Mapping[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Validated ``operands`` (``[numel, bits]``, bits 0 = plain) and ``products`` (``[i, j]``)."""
+def _fused_spec(
+    p: Mapping[str, Any],
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[Shape] | None, list[int]]:
+    """Validated ``operands`` (``[numel, bits]``, bits 0 = plain), ``products`` (``[i, j]``),
+    the optional operand ``shapes`` (products then broadcast, like torch) and the number of
+    elements of each product."""
     ops, prods = p.get("operands"), p.get("products")
     if not isinstance(ops, list) or not isinstance(prods, list) or not ops or len(ops) > 4096:
         raise ProtocolError("dealer request 'fused' needs lists 'operands' and 'products'")
@@ -125,18 +146,38 @@ def _fused_spec(p: Mapping[str, Any]) -> tuple[list[tuple[int, int]], list[tuple
         ):
             raise ProtocolError(f"dealer request 'fused': bad operand {str(o)[:40]!r}")
         operands.append((o[0], o[1]))
+    shapes: list[Shape] | None = None
+    if "shapes" in p:
+        raw = p["shapes"]
+        if not isinstance(raw, list) or len(raw) != len(operands):
+            raise ProtocolError("dealer request 'fused': 'shapes' must give one shape per operand")
+        shapes = [_shape({"s": sh}, "s") for sh in raw]
+        if any(math.prod(sh) != n for sh, (n, _) in zip(shapes, operands, strict=True)):
+            raise ProtocolError("dealer request 'fused': a shape does not match its operand")
     products: list[tuple[int, int]] = []
+    sizes: list[int] = []
     for q in prods:
         if not (
             isinstance(q, list)
             and len(q) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in q)
             and 0 <= q[0] <= q[1] < len(operands)
-            and operands[q[0]][0] == operands[q[1]][0]
         ):
             raise ProtocolError(f"dealer request 'fused': bad product {str(q)[:40]!r}")
+        if shapes is None:
+            if operands[q[0]][0] != operands[q[1]][0]:
+                raise ProtocolError(f"dealer request 'fused': bad product {str(q)[:40]!r}")
+            sizes.append(operands[q[0]][0])
+        else:
+            try:
+                bshape = broadcast_shape(shapes[q[0]], shapes[q[1]])
+            except ValueError:
+                raise ProtocolError(f"dealer request 'fused': bad product {q!r}") from None
+            if math.prod(bshape) >= 1 << 40:
+                raise ProtocolError(f"dealer request 'fused': product {q!r} is too large")
+            sizes.append(math.prod(bshape))
         products.append((q[0], q[1]))
-    return operands, products
+    return operands, products, shapes, sizes
 
 
 def fused_terms(ki: int, kj: int, square: bool) -> int:
@@ -150,11 +191,10 @@ def fused_terms(ki: int, kj: int, square: bool) -> int:
 
 
 def _fused_layout(p: Mapping[str, Any]) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
-    operands, products = _fused_spec(p)
+    operands, products, _, sizes = _fused_spec(p)
     free: list[tuple[Shape, str]] = [((n,), ARITH) for n, _ in operands]
     derived: list[tuple[Shape, str]] = [((n,), ARITH) for n, k in operands if k for _ in range(2)]
-    for i, j in products:
-        n = operands[i][0]
+    for (i, j), n in zip(products, sizes, strict=True):
         derived += [((n,), ARITH)] * fused_terms(operands[i][1], operands[j][1], i == j)
     return free, derived
 
@@ -167,7 +207,9 @@ def _fused_derive(
     # the protocol needs (protocols/fused.py): plain x plain [u u'], pending x plain
     # [hi u'], [s u'], pending x pending [hi hi'], [hi s'], [s hi'] (and [s s'] when
     # k + k' > 64); squares: [u**2], or [hi**2], [hi s] (s**2 = s needs no component).
-    operands, products = _fused_spec(p)
+    operands, products, shapes, _ = _fused_spec(p)
+    if shapes is not None:  # products broadcast over the operands' shapes
+        f = [u.view(sh) for u, sh in zip(f, shapes, strict=True)]
     out: list[torch.Tensor] = []
     basis: list[list[torch.Tensor]] = []
     for (_, k), u in zip(operands, f, strict=True):
@@ -186,7 +228,7 @@ def _fused_derive(
         if len(bi) == 2 and len(bj) == 2 and operands[i][1] + operands[j][1] <= 64:
             terms.pop()  # [s s']: see fused_terms
         out += terms
-    return out
+    return [t.reshape(-1) for t in out]
 
 
 ARITH_KINDS: dict[str, _Kind] = {

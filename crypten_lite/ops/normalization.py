@@ -6,7 +6,9 @@ exact centring (``n x - sum x``), a coarse bucket of ``var + eps`` by one compar
 the variance recomputed at the scale that bucket needs and ``eps`` added at that scale, so
 standard deviations from about ``5e-4`` to ``5e4`` (768 features; see ``standardize_domain``)
 and any ``eps`` (``1e-12``, ``1e-5``: below one ulp) give ``x_hat`` within ``2e-4``, in 12
-rounds as before (2 parties). Running statistics in eval mode use ``rsqrt(running_var + eps)``
+rounds as before (2 parties, local truncation; 13 with the exact default). LayerNorm's weight
+is multiplied inside the standardisation with exact truncation (no product round of its
+own: ``F.layer_norm`` with an affine 13 rounds, 16 before). Running statistics in eval mode use ``rsqrt(running_var + eps)``
 at scale ``f``: ``eps`` is then rounded to a multiple of ``2**-16`` (``1e-5`` -> ``1.5e-5``),
 which matters only for running variances below about ``1e-2``; public statistics (a plaintext
 model in eval mode) cost products only. The backward passes are the textbook formulas
@@ -27,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from crypten_lite.ops._common import find_party, is_secret, public_of, unsupported, wrap
-from crypten_lite.ops._fixed import wrap_public
+from crypten_lite.ops._fixed import encode_operand, wrap_public
 from crypten_lite.ops.approx import _share_f, rsqrt_value
 from crypten_lite.protocols import moments
+from crypten_lite.protocols.truncation import resolve_method
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
@@ -72,6 +75,7 @@ def _normalise(
     party = x.party
     res = moments.standardize(_share_f(x), party, dims, eps, need_var=need_var, center=center)
     var_out = wrap(res.var, party) if res.var is not None else None
+    assert res.x_hat is not None  # no weight given: x_hat is always computed
     return wrap(res.x_hat, party), wrap(res.mean, party), wrap(res.rstd, party), var_out
 
 
@@ -108,10 +112,49 @@ def native_layer_norm(
     """Returns ``(out, mean, rstd)``, statistics shaped ``x.shape[:axis] + (1,) * k``."""
     axis = x.dim() - len(normalized_shape)
     dims = list(range(axis, x.dim()))
+    fused = _fused_affine(x, dims, weight, eps, list(normalized_shape))
+    if fused is not None:
+        scaled, xhat, mean, rstd = fused
+        if xhat is not None:
+            _keep_xhat(rstd, xhat)
+        return _affine(scaled, None, bias, list(normalized_shape)), mean, rstd
     xhat, mean, rstd, _ = _normalise(x, dims, eps, need_var=False)
     _keep_xhat(rstd, xhat)
     out = _affine(xhat, weight, bias, list(normalized_shape))
     return out, mean, rstd
+
+
+def _fused_affine(
+    x: Any, dims: list[int], weight: Any, eps: float, shape: list[int]
+) -> tuple[Any, Any, Any, Any] | None:
+    """``(x_hat * weight, x_hat or None, mean, rstd)`` with the weight multiplied inside the
+    standardisation (:func:`crypten_lite.protocols.moments.standardize`, ``weight``): no
+    product and truncation round of its own. Only for a secret ``x`` with exact truncation;
+    ``x_hat`` is computed only when autograd may need it. ``None``: not applicable."""
+    if weight is None or not is_secret(x) or resolve_method(x.party) == "local":
+        return None
+    party = x.party
+    w_pub = public_of(weight)
+    if w_pub is not None:
+        w = encode_operand(w_pub.reshape(shape), party.frac_bits, party)
+    elif isinstance(weight, MPCTensor) and weight.dtype == torch.float32:
+        w = _share_f(weight).reshape(shape)
+    else:
+        return None
+    need = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    res = moments.standardize(
+        _share_f(x),
+        party,
+        dims,
+        eps,
+        need_var=False,
+        weight=w,
+        weight_public=w_pub is not None,
+        need_x_hat=need,
+    )
+    assert res.scaled is not None
+    xhat = wrap(res.x_hat, party) if res.x_hat is not None else None
+    return wrap(res.scaled, party), xhat, wrap(res.mean, party), wrap(res.rstd, party)
 
 
 def _sum_to(t: Any, dims: list[int]) -> Any:

@@ -221,3 +221,33 @@ def test_exact_truncation_costs_at_most_a_quarter_more_rounds(run_parties: Run) 
             err = (res[name][1] - ref).abs()
             assert bool((err <= rel * ref.abs() + ab).all()), (name, float(err.max()))
         assert exact[name][0] <= 1.25 * local[name][0], (name, exact[name][0], local[name][0])
+
+
+def test_fused_products_broadcast_per_row_operands(run_parties: Run, world_size: int) -> None:
+    """A per-row operand (pending or plain) is opened once per row, not per element: the
+    dealer's cross terms broadcast like the products, which stay exact (through the dealer
+    process too)."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(-(1 << 30), 1 << 30, (4, 16), generator=g)
+    zq = torch.randint(-(1 << 50), 1 << 50, (4, 1), generator=g)
+    w = torch.randint(-(1 << 20), 1 << 20, (1, 16), generator=g)
+
+    def fn(party: Party) -> dict[str, Any]:
+        xs, ws = share_ring(x, party), share_ring(w, party)
+        q = Pending(share_ring(zq, party), 20)
+        party.comm.stats.reset()
+        outs = mul_fused([(xs, q), (q, ws), (ws, xs), (q, q)], party)
+        sent = party.comm.stats.by_tag["fused.mul"].bytes_sent  # not the dealer's requests
+        got = open_shares(outs, party)
+        assert got is not None
+        return {"got": got, "sent": sent}
+
+    for dealer in ("tfp", "ttp"):
+        for res in run_parties(fn, world_size, dealer=dealer):
+            assert res["sent"] == 8 * (64 + 4 + 16) * (world_size - 1)
+            xq, qw, wx, qq = res["got"]
+            fq = floor_div(zq, 20)
+            assert bool(((xq == x * fq) | (xq == x * (fq + 1))).all())
+            assert bool(((qw == fq * w) | (qw == (fq + 1) * w)).all())
+            assert torch.equal(wx, w * x)
+            assert bool(((qq == fq * fq) | (qq == (fq + 1) * (fq + 1))).all())

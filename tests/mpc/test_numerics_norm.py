@@ -33,9 +33,9 @@ ULP = 2.0**-16
 GEN = torch.Generator().manual_seed(10)
 
 
-def q(x: torch.Tensor) -> torch.Tensor:
-    """The fixed-point value the parties hold (f = 16), as float64."""
-    return torch.round(x.double() * 2**16) / 2**16
+def q(x: torch.Tensor, f: int = 16) -> torch.Tensor:
+    """The fixed-point value the parties hold (``f`` fractional bits), as float64."""
+    return torch.round(x.double() * 2**f) / 2**f
 
 
 def mags(lo: float = -16, hi: float = 44, step: float = 0.25) -> torch.Tensor:
@@ -184,6 +184,45 @@ def test_layer_norm_768_over_std_range(run_parties: Run, world_size: int, eps: f
     assert (affine - ref_aff).abs().max() < 2e-3
 
 
+def test_layer_norm_fused_affine(run_parties: Run, world_size: int) -> None:
+    """``F.layer_norm`` with a weight (secret or public) multiplies it inside the
+    standardisation with exact truncation: 13 rounds with or without the affine (2 parties;
+    16 before), output within ``2e-3`` of torch; with autograd, the input and weight
+    gradients through the stashed ``x_hat`` within ``1e-3`` relative."""
+    x = torch.cat([torch.randn(1, 768, generator=GEN) * s + s for s in (1e-2, 1.0, 1e2, 1e3)])
+    w = torch.rand(768, generator=GEN) * 4 - 2
+    b = torch.randn(768, generator=GEN)
+    proj = torch.randn(4, 768, generator=GEN)
+
+    def body(party: Party) -> list[Any]:
+        with cl.use_party(party):
+            xe, we, be = cl.cryptensor(x), cl.cryptensor(w), cl.cryptensor(b)
+            rounds = []
+            outs = []
+            for weight in (we, w):
+                party.comm.stats.reset()
+                with torch.no_grad():
+                    out = F.layer_norm(xe, (768,), weight, be, 1e-5)
+                rounds.append(party.comm.stats.total.rounds)
+                outs.append(out.get_plain_text().double())
+            xg = cl.cryptensor(x, requires_grad=True)
+            wg = cl.cryptensor(w, requires_grad=True)
+            (F.layer_norm(xg, (768,), wg, be, 1e-5) * proj).sum().backward()
+            return [rounds, outs, xg.grad.get_plain_text(), wg.grad.get_plain_text()]
+
+    rounds, outs, gx, gw = run_parties(body, world_size)[0]
+    xq, wq = q(x).requires_grad_(), q(w).requires_grad_()
+    ref = F.layer_norm(xq, (768,), wq, q(b), 1e-5)
+    (ref * proj.double()).sum().backward()
+    if world_size == 2:
+        assert rounds == [13, 13]
+    for out in outs:
+        assert (out - ref.detach()).abs().max() < 2e-3
+    assert xq.grad is not None and wq.grad is not None
+    assert ((gx - xq.grad).abs() <= 1e-3 * xq.grad.abs().amax(1, keepdim=True) + 8 * ULP).all()
+    assert (gw - wq.grad).abs().max() <= 1e-3 * wq.grad.abs().max()
+
+
 def test_standardize_domain_and_saturation(run_parties: Run) -> None:
     """Constant rows give 0 as in torch; rows below the domain saturate to a finite rstd
     (not garbage); the documented domain for 768 features covers std 1e-3 .. 1e4."""
@@ -325,7 +364,12 @@ class ResNet(nn.Module):
 
 
 def sgd_step_gaps(
-    run_parties: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1
+    run_parties: Run,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float = 0.1,
+    frac_bits: int = 16,
 ) -> tuple[float, float, float]:
     """One SGD step (cross-entropy, train mode) encrypted and in float64: (loss gap, largest
     weight gap, largest weight gap relative to the largest update of the same tensor)."""
@@ -342,11 +386,14 @@ def sgd_step_gaps(
             opt.step()
             return loss.get_plain_text(), {k: p.get_plain_text() for k, p in m.named_parameters()}
 
-    loss, got = run_parties(body, 2)[0]
+    loss, got = run_parties(body, 2, frac_bits=frac_bits)[0]
     ref = copy.deepcopy(model).double().train()
+    with torch.no_grad():  # the weights the parties hold: encoded at frac_bits
+        for p in ref.parameters():
+            p.copy_(q(p, frac_bits))
     before = {k: p.detach().clone() for k, p in ref.named_parameters()}
     opt = torch.optim.SGD(ref.parameters(), lr=lr)
-    ref_loss = F.cross_entropy(ref(q(x)), y)
+    ref_loss = F.cross_entropy(ref(q(x, frac_bits)), y)
     opt.zero_grad()
     ref_loss.backward()
     opt.step()
@@ -356,20 +403,52 @@ def sgd_step_gaps(
     return abs(float(loss) - float(ref_loss.detach())), max(gaps.values()), rel
 
 
-def test_small_resnet_sgd_step_batch2(run_parties: Run) -> None:
+@pytest.mark.parametrize("frac_bits", [16, 20])
+def test_small_resnet_sgd_step_batch2(run_parties: Run, frac_bits: int) -> None:
     """One SGD step of a narrow BatchNorm ResNet (blocks 1,1,1,1, width 8) at batch 2 on
-    2x3x32x32, BatchNorm over 2 values per channel in the last stage (1x1 maps).
+    2x3x32x32, BatchNorm over 2 values per channel in the last stage (1x1 maps), against
+    the float64 step from the weights and input the parties hold (encoded at ``f`` bits).
 
-    Measured: loss within 1e-3, updates within 5-10 % of the plaintext update (the
-    gradients reach 1e2: BatchNorm over two values divides their difference by
-    ``sqrt(var + eps)``, which amplifies the fixed-point rounding of the activations up to
-    ``1/sqrt(eps)`` times). Before the full-range standardisation: 23 % everywhere."""
+    Largest weight gap, measured over repeated runs (the dealer's masks change the exact
+    truncations' last bit): ``f = 16`` 1.3e-2 .. 1.8e-2 (6.4e-2 before x_hat kept 20 bits of
+    the row's rms; 23 % of the update before the full-range standardisation), ``f = 20``
+    2e-3 .. 3e-3, ``f = 22`` 5e-4 .. 4e-3, ``f = 24`` 2e-3: the floor above ``f = 20`` is
+    the approximations' fixed relative errors (the standardisation's ``1.1e-5``): in float64,
+    a relative error of ``1e-5`` on every BatchNorm output and input gradient alone moves
+    this step by ``5e-3``, since BatchNorm over two values divides their difference by
+    ``sqrt(var + eps)`` and amplifies any rounding up to ``1/sqrt(eps)`` times."""
     torch.manual_seed(1)
     model = ResNet((1, 1, 1, 1), 8)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     y = torch.tensor([3, 7])
-    loss_gap, _, rel = sgd_step_gaps(run_parties, model, x, y)
-    assert loss_gap < 1e-2 and rel < 0.2, (loss_gap, rel)
+    loss_gap, gap, rel = sgd_step_gaps(run_parties, model, x, y, frac_bits=frac_bits)
+    if frac_bits == 20:
+        assert loss_gap < 1e-4 and gap < 1e-2 and rel < 0.03, (loss_gap, gap, rel)
+    else:
+        assert loss_gap < 1e-3 and gap < 4e-2 and rel < 0.1, (loss_gap, gap, rel)
+
+
+@pytest.mark.slow
+def test_resnet18_batch2_step_is_ill_conditioned() -> None:
+    """Why the full ResNet-18 step at batch 2 is not held to ``1e-3`` (plaintext only): its
+    last stage normalises 2 values per channel, and the step amplifies a perturbation of the
+    weights about ``1e8`` times. float32 PyTorch itself lands ``38`` away from the float64
+    step; rounding the weights to ``2**-32`` moves it by ``9e-3``, to ``2**-16`` by ``50``
+    (the encrypted step at ``f = 16``: ``87``, loss within ``6e-2``)."""
+    torch.manual_seed(1)
+    model = ResNet((2, 2, 2, 2), 64)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([3, 7])
+
+    def step(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        m = copy.deepcopy(model).to(dtype).train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        F.cross_entropy(m(q(x).to(dtype)), y).backward()
+        opt.step()
+        return {k: p.detach().double() for k, p in m.named_parameters()}
+
+    ref, f32 = step(torch.float64), step(torch.float32)
+    assert max(float((f32[k] - ref[k]).abs().max()) for k in ref) > 1.0
 
 
 @pytest.mark.slow
