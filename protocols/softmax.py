@@ -25,9 +25,10 @@ before the final one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ from crypten_lite.protocols.polynomial import (
     public_affine,
 )
 from crypten_lite.protocols.reduction import max_dim
-from crypten_lite.protocols.truncation import resolve_method
+from crypten_lite.protocols.truncation import resolve_method, truncate
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -352,11 +353,32 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     """
     if x.dim() == 0 or x.shape[dim % x.dim()] == 1:
         return _constant(x, 1.0, party)
+    if party.frac_bits > _MAX_FRAC_BITS:
+        return _at_lower_precision(softmax, x, party, dim)
     d = dim % x.dim()
     n = x.shape[d]
     m, _ = max_dim(x, party, d, keepdim=True)
     e = _exp_segments(x - m, party)
     return _quotient(e, party, n, d)
+
+
+# The exp's segment products and the quotient's fits are laid out for ``f <= 16``: with their
+# coefficient and weight bits, a larger ``f`` pushes the products past the ring's 2**62
+# headroom (measured: softmax off by 6e-2 at f = 20). Above it the whole computation runs at
+# f = 16 instead (below).
+_MAX_FRAC_BITS = 16
+
+
+def _at_lower_precision(fn: Callable[..., Tensor], x: Tensor, party: Party, dim: int) -> Tensor:
+    """``fn`` at ``f = 16`` for a session with more fractional bits: the input truncated
+    exactly to 16 bits (one round), the result shifted back up (exact, local). The error is
+    the ``f = 16`` one (softmax's outputs lie in ``[0, 1]``, so 16 bits carry their documented
+    accuracy; logits lose only bits below ``2**-16``, which move a probability by less than
+    ``2**-16``)."""
+    drop = party.frac_bits - _MAX_FRAC_BITS
+    low = dataclasses.replace(party, config=party.config.replace(frac_bits=_MAX_FRAC_BITS))
+    y = fn(truncate(x, party, drop), low, dim)
+    return y << drop
 
 
 _M_LO, _M_HI = 0.99, 2.02
@@ -381,6 +403,8 @@ def log_softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
     """
     if x.dim() == 0 or x.shape[dim % x.dim()] == 1:
         return torch.zeros_like(x)
+    if party.frac_bits > _MAX_FRAC_BITS:
+        return _at_lower_precision(log_softmax, x, party, dim)
     f = party.frac_bits
     scale = internal_scale(party)
     d = dim % x.dim()
