@@ -142,7 +142,9 @@ class Plan:
             raise PlanMismatchError(f"party {party.rank}: only a prepared plan can be saved")
         if any(r.kind.startswith("fixed_") for r in self.requests):
             raise ConfigurationError(
-                "a plan with fixed masks cannot be saved: the dealer keeps those for this session"
+                "a plan with fixed masks cannot be saved: the dealer keeps those for this "
+                "session (encrypt the model with reuse_weight_masks=False to plan for a later "
+                "session)"
             )
         tensors = {
             f"{i}.{j}": t.clone()  # own storage: replies are views of one buffer
@@ -164,20 +166,32 @@ class Plan:
 
 
 def plan(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Plan:
-    """Run ``fn(*args, **kwargs)`` once and record the dealer material it uses.
+    """Run ``fn(*args, **kwargs)`` and record the dealer material it uses.
 
     Every party calls it with inputs of the shapes the online run will have (the example input
-    is really computed on: this run costs as much as any other). Returns an unprepared
-    :class:`Plan`.
+    is really computed on: this run costs as much as any other). If that run opened weight
+    masks (``fixed_mask``: ``encrypt_module`` reuses weight masks by default under ``no_grad``
+    and in eval mode), later runs only use those masks and ask for other material, so the
+    program is run and recorded once more: the plan holds the steady state. Every party sees
+    the same requests and decides alike. Returns an unprepared :class:`Plan`.
     """
     party = get_party()
+    requests = _record(party, fn, args, kwargs)
+    if any(r.kind == "fixed_mask" for r in requests):
+        requests = _record(party, fn, args, kwargs)
+    return Plan(party, requests)
+
+
+def _record(
+    party: Party, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[DealerRequest]:
     recorder = RecordingDealer(party.dealer)
     party.dealer = recorder
     try:
         fn(*args, **kwargs)
     finally:
         party.dealer = recorder.inner
-    return Plan(party, recorder.requests)
+    return list(recorder.requests)
 
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:

@@ -126,7 +126,7 @@ ACTIVATIONS: dict[str, tuple[Callable[[], nn.Module], float]] = {
     "selu": (nn.SELU, 16),
     "softplus": (nn.Softplus, 12),
     "softplus_beta2": (lambda: nn.Softplus(beta=2.0), 12),
-    "mish": (nn.Mish, 24),
+    "mish": (nn.Mish, 64),  # x * tanh(softplus(x)): the gradient carries both approximations
 }
 WIDE = (torch.linspace(-30.0, 30.0, 121) + 1.0 / 7.0).reshape(11, 11)
 

@@ -39,7 +39,7 @@ def prepare_and_save(directory: str) -> int:
     """Session 1: record and prepare a model's dealer material, save this party's share."""
     party = crypten_lite.get_party()
     with torch.no_grad():
-        model = crypten_lite.encrypt_module(_mlp(), src=0)
+        model = crypten_lite.encrypt_module(_mlp(), src=0, reuse_weight_masks=False)
         plan = crypten_lite.plan(model, crypten_lite.cryptensor(torch.zeros(3, 10), src=1))
         plan.prepare()
         plan.save(f"{directory}/plan{party.rank}.safetensors")
@@ -50,7 +50,7 @@ def load_and_run(directory: str, x: torch.Tensor) -> dict[str, object]:
     """Session 2 (new processes, new seeds): the saved material serves the online run."""
     party = crypten_lite.get_party()
     with torch.no_grad():
-        model = crypten_lite.encrypt_module(_mlp(), src=0)
+        model = crypten_lite.encrypt_module(_mlp(), src=0, reuse_weight_masks=False)
         xe = crypten_lite.cryptensor(x, src=1)
         plan = crypten_lite.load_plan(f"{directory}/plan{party.rank}.safetensors")
         party.comm.stats.reset()
