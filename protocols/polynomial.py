@@ -568,10 +568,9 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 def _weighted_lstsq(a: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``argmin_c || w * (a @ c - y) ||`` by Householder QR with exactly rounded dot products."""
-    m = a * w[:, None]
-    r = (y * w).copy()
+    m = a * w[:, None]  # fresh arrays: reduced in place below
+    r = y * w
     cols = m.shape[1]
-    m = m.copy()
     for k in range(cols):
         v = m[k:, k].copy()
         norm = math.sqrt(_dot(v, v))
