@@ -108,13 +108,13 @@ import torch
 import torch.nn.functional as F
 
 import crypten_lite
-from crypten_lite.comm import CommStats
-from crypten_lite.encoding import decode
 from crypten_lite.errors import ConfigurationError, PartyFailedError
-from crypten_lite.party import Party
 from crypten_lite.protocols import activations, comparison, elementary
 from crypten_lite.protocols import arithmetic as A
 from crypten_lite.protocols.opening import open_shares
+from crypten_lite.runtime.comm import CommStats
+from crypten_lite.runtime.encoding import decode
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor
 
 HERE = Path(__file__).resolve().parent

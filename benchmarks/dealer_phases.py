@@ -4,7 +4,7 @@ Runs ``mlp_b1``, ``lenet_b1`` and a BERT encoder layer of the CrypTen peer's ``w
 (``CRYPTEN_PEER_DIR``, default ``../shared/peers/crypten``) on 2 parties + the dealer process
 (real processes through the launcher, IPC). For every mode it reports, per party, the rounds of
 one forward pass (every counted communicator call: dealer exchanges count only when they block,
-see ``crypten_lite.dealer.third_party``), party 0's dealer messages, and the online time (max
+see ``crypten_lite.runtime.dealer.third_party``), party 0's dealer messages, and the online time (max
 over parties, median of ``--reps`` passes after one warm-up pass; and each party's CPU time,
 steadier on a shared machine, and the seconds party 0 waited for dealer replies); ``plan``
 also reports the

@@ -30,10 +30,10 @@ import torch
 from netlink import LINKS, launch_shaped, link_unavailable
 
 import crypten_lite
-from crypten_lite.party import Party
 from crypten_lite.protocols import arithmetic as A
 from crypten_lite.protocols import comparison as C
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.party import Party
 
 DEALER_TAGS = ("dealer.request", "dealer.reply")
 BARRIER = "link_bench.barrier"
@@ -46,8 +46,14 @@ def _inputs(shape_x: tuple[int, ...], shape_y: tuple[int, ...]) -> tuple[torch.T
 
 # name -> (operand shapes, the timed protocol call on shares)
 WORKLOADS: dict[str, tuple[tuple[tuple[int, ...], ...], Callable[..., Any]]] = {
-    "mul 1e5": (((100_000,), (100_000,)), lambda p, x, y: A.product("mul", x, y, p, shift=p.frac_bits)),
-    "matmul 256": (((256, 256), (256, 256)), lambda p, x, y: A.product("matmul", x, y, p, shift=p.frac_bits)),
+    "mul 1e5": (
+        ((100_000,), (100_000,)),
+        lambda p, x, y: A.product("mul", x, y, p, shift=p.frac_bits),
+    ),
+    "matmul 256": (
+        ((256, 256), (256, 256)),
+        lambda p, x, y: A.product("matmul", x, y, p, shift=p.frac_bits),
+    ),
     "relu 1e4": (((10_000,), (1,)), lambda p, x, y: C.relu(x, p)[0]),  # y unused
 }
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import crypten_lite as cl
 from crypten_lite.config import Config
-from crypten_lite.party import Party, run_threads
+from crypten_lite.runtime.party import Party, run_threads
 
 SORT = "tottime"
 GEN = torch.Generator().manual_seed(0)

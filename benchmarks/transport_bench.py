@@ -37,7 +37,7 @@ import zmq
 from crypten_lite.launcher.rendezvous import Coordinator, rendezvous
 from crypten_lite.launcher.security import Security, generate_secret, rank_name
 from crypten_lite.launcher.zmq_comm import ZmqCommunicator
-from crypten_lite.wire import encode_header, tensor_payload
+from crypten_lite.runtime.wire import encode_header, tensor_payload
 
 SIZES = {"8 B": 8, "8 MB": 8 << 20}
 BLOCKS = 40  # raw, layer and ours alternate this many times per size (spreads out load spikes)

@@ -32,8 +32,8 @@ from torch import nn
 
 import crypten_lite as cl
 from crypten_lite.config import Config
-from crypten_lite.party import run_threads
 from crypten_lite.protocols import arithmetic, fused, polynomial, truncation
+from crypten_lite.runtime.party import run_threads
 
 _INTERNAL = ("elementary.py", "activations.py", "polynomial.py", "comparison.py")
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from crypten_lite.config import Config, config_from_env
 from crypten_lite.errors import CryptenLiteError
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "get_party",

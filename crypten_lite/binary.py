@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from crypten_lite.bridge import pair_call, uses_bridge
-from crypten_lite.encoding import decode
 from crypten_lite.errors import SecretLeakError
-from crypten_lite.party import Party
 from crypten_lite.protocols import binary, conversion
 from crypten_lite.protocols.opening import open_xor_shares
+from crypten_lite.runtime.encoding import decode
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import _BINARY_FACTORY, MPCTensor, ptype
 
 __all__ = ["BinaryMPCTensor"]

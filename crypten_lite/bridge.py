@@ -10,7 +10,7 @@ family registers with :func:`register_native`, its products) or is *bridged*:
    to party 1 for the whole op, 8 bytes per element; none when every input already has the
    form). Public inputs are already in that form (party 0 holds the encoding).
 2. Parties 0 and 1 run the op's existing implementation on the 2-party view of the session
-   (:class:`~crypten_lite.helper.HelperSession`: a world-size-2 party in the ``beaver`` family
+   (:class:`~crypten_lite.runtime.helper.HelperSession`: a world-size-2 party in the ``beaver`` family
    whose dealer client talks to party 2). Nested ops inside it dispatch normally on that view.
    Party 2 serves their dealer requests with the seeds agreed at set-up until party 0 sends
    ``bridge.done``, whose note describes the outputs (tree, shapes, strides, dtypes) or carries
@@ -21,7 +21,7 @@ family registers with :func:`register_native`, its products) or is *bridged*:
    op runs. Public outputs (and plain tensors) are sent by party 0 to party 2 after the note.
    In-place ops write the result back into the 3-party input.
 
-Security: see :mod:`crypten_lite.helper` (semi-honest, honest majority, one corruption; party 2
+Security: see :mod:`crypten_lite.runtime.helper` (semi-honest, honest majority, one corruption; party 2
 sees request shapes and its own masked sends; parties 0 and 1 see a 2-party dealer-model
 transcript).
 """
@@ -44,9 +44,9 @@ from torch.utils._pytree import (
 
 import crypten_lite.errors as errors
 from crypten_lite.errors import ProtocolError, UnsupportedOperationError
-from crypten_lite.helper import HelperSession, helper_session
-from crypten_lite.party import Party
 from crypten_lite.protocols.helper_dealer import reshare_to_pair
+from crypten_lite.runtime.helper import HelperSession, helper_session
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import _BRIDGE_HOOK, MPCTensor, OpOverload
 
 __all__ = [

@@ -94,9 +94,7 @@ class Config:
                 f"truncation must be one of {_TRUNCATIONS}, got {self.truncation!r}"
             )
         if self.protocol not in _PROTOCOLS:
-            raise ConfigurationError(
-                f"protocol must be one of {_PROTOCOLS}, got {self.protocol!r}"
-            )
+            raise ConfigurationError(f"protocol must be one of {_PROTOCOLS}, got {self.protocol!r}")
         if self.max_message_bytes < 1024:
             raise ConfigurationError(
                 f"max_message_bytes must be at least 1024, got {self.max_message_bytes}"

@@ -28,8 +28,8 @@ import crypten_lite.ops  # noqa: F401 - fills the op table
 from crypten_lite.api import get_party
 from crypten_lite.errors import ConfigurationError, EncodingError, ProtocolError
 from crypten_lite.ops._fixed import release_fixed_operands
-from crypten_lite.party import Party
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, is_encrypted, ptype
 
 _PType = ptype

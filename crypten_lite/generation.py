@@ -56,9 +56,9 @@ from typing import Any, Literal
 import torch
 
 from crypten_lite.errors import ConfigurationError
-from crypten_lite.party import Party
 from crypten_lite.protocols import conversion, reduction
 from crypten_lite.protocols.binary import and_public
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, is_encrypted
 
 __all__ = ["Generation", "generate", "secret_uniform"]

@@ -11,10 +11,10 @@ Every party calls each step (SPMD). :func:`plan` runs the program once on the ex
 real run, with the session's dealer: it costs one ordinary execution) and records every dealer
 request in order; the sequence depends only on shapes and settings, never on secret values, so
 any input of the same shapes asks for the same material. :meth:`Plan.prepare` has the dealer deal
-the whole sequence in a few large batches (:func:`crypten_lite.dealer.plan.prepare_material`;
+the whole sequence in a few large batches (:func:`crypten_lite.runtime.dealer.plan.prepare_material`;
 a dealer process sends party 0 one correction per derived element, the other parties draw
 locally). :meth:`Plan.online` serves the program from the store: a request that differs from the
-plan raises :class:`~crypten_lite.dealer.plan.PlanMismatchError` on every party, and leaving the
+plan raises :class:`~crypten_lite.runtime.dealer.plan.PlanMismatchError` on every party, and leaving the
 block with material unused raises it too (the program ran less than it was planned for). A
 prepared plan serves one online run; the store is emptied as it is used, so a mask is never
 used twice, and a second run needs a fresh :meth:`Plan.prepare`.
@@ -45,16 +45,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from crypten_lite.api import get_party
-from crypten_lite.dealer import DealerRequest
-from crypten_lite.dealer.plan import (
+from crypten_lite.errors import ConfigurationError
+from crypten_lite.runtime.dealer import DealerRequest
+from crypten_lite.runtime.dealer.plan import (
     PlanMismatchError,
     PreparedDealer,
     RecordingDealer,
     prepare_material,
     request_key,
 )
-from crypten_lite.errors import ConfigurationError
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 __all__ = ["Plan", "PlanMismatchError", "load_plan", "plan"]
 

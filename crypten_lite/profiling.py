@@ -30,8 +30,8 @@ from typing import Any
 from torch.utils._pytree import tree_flatten
 
 from crypten_lite.api import get_party, is_initialized
-from crypten_lite.comm import CommStats, OpStats
-from crypten_lite.party import Party
+from crypten_lite.runtime.comm import CommStats, OpStats
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, OpOverload, observe
 
 __all__ = ["OpProfile", "Profile", "profile"]

@@ -4,7 +4,7 @@ An :class:`MPCTensor` is a wrapper subclass (``torch.Tensor._make_wrapper_subcla
 looks like a float32 tensor of some shape with no storage of its own, so ``torch.nn`` modules,
 ``torch.autograd`` and ``torch.optim`` run on it unmodified. What it holds is this party's int64
 share of the fixed-point encoding of the value (``x = sum_i share_i mod 2**64``, scaled by
-``2**f``), the :class:`~crypten_lite.party.Party` it belongs to, and bookkeeping:
+``2**f``), the :class:`~crypten_lite.runtime.party.Party` it belongs to, and bookkeeping:
 
 * every aten op that reaches :meth:`MPCTensor.__torch_dispatch__` is looked up in a table filled
   by :func:`implements` (``crypten_lite/ops/``, one module per op family); an op not in the table
@@ -45,10 +45,10 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from crypten_lite.encoding import decode, encode
 from crypten_lite.errors import EncodingError, SecretLeakError, UnsupportedOperationError
-from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
+from crypten_lite.runtime.encoding import decode, encode
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor_context import (
     _DEPTH,
     _FAKE,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "Cost",

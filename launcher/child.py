@@ -7,7 +7,7 @@
   :func:`crypten_lite.init`, call :func:`crypten_lite.uninit`, and write the result to
   ``result-<rank>.clv`` (:func:`crypten_lite.launcher.api.launch`);
 * ``dealer`` — connect as the dealer (rank ``WORLD_SIZE``), run
-  :func:`crypten_lite.party.dealer_setup` and serve correlated randomness until party 0 says
+  :func:`crypten_lite.runtime.party.dealer_setup` and serve correlated randomness until party 0 says
   ``shutdown`` (exit 0); if party 0 leaves without saying it, the session failed (exit 1).
 
 On failure a child writes its traceback to ``failure-<name>.txt`` in the run directory (the
@@ -33,13 +33,13 @@ from typing import Any, NoReturn
 
 import crypten_lite
 from crypten_lite.config import config_from_env
-from crypten_lite.dealer import serve_dealer
 from crypten_lite.errors import PartyFailedError
 from crypten_lite.launcher.codec import read_value, write_value
 from crypten_lite.launcher.connect import connect_from_env
 from crypten_lite.launcher.session import ENV_LAUNCHER_PID, ENV_ROLE, ENV_RUN_DIR
 from crypten_lite.launcher.supervisor import failure_file
-from crypten_lite.party import dealer_setup
+from crypten_lite.runtime.dealer import serve_dealer
+from crypten_lite.runtime.party import dealer_setup
 
 __all__ = ["main", "resolve_function"]
 

@@ -1,7 +1,7 @@
 """Layer L6: passing ``launch()`` arguments and results between processes, without pickle.
 
 Supported values: ``None``, ``bool``, ``int``, ``float``, ``str``, ``torch.Tensor`` (CPU copy;
-dtypes of :mod:`crypten_lite.wire`), and ``list`` / ``tuple`` / ``dict`` of supported values
+dtypes of :mod:`crypten_lite.runtime.wire`), and ``list`` / ``tuple`` / ``dict`` of supported values
 (dict keys: ``None``, ``bool``, ``int``, ``float`` or ``str``). Anything else is refused with a
 ``TypeError`` naming where it was found — arbitrary objects would need pickle, which can run
 code when loaded.
@@ -14,7 +14,7 @@ File layout (little-endian)::
     12      J     the value as UTF-8 JSON, where a list is a JSON array and the other
                   containers are one-key objects: {"tuple": [...]}, {"dict": [[key, value],
                   ...]}, {"tensor": i} (the i-th tensor below)
-    12+J    ...   per tensor, in order: header length H (uint32), the crypten_lite.wire
+    12+J    ...   per tensor, in order: header length H (uint32), the crypten_lite.runtime.wire
                   header (H bytes), the raw payload (as announced by the header)
 """
 
@@ -28,7 +28,12 @@ from typing import Any
 import torch
 
 from crypten_lite.errors import ProtocolError
-from crypten_lite.wire import decode_header, encode_header, tensor_from_payload, tensor_payload
+from crypten_lite.runtime.wire import (
+    decode_header,
+    encode_header,
+    tensor_from_payload,
+    tensor_payload,
+)
 
 __all__ = ["SUPPORTED", "decode_value", "encode_value", "read_value", "write_value"]
 

@@ -17,13 +17,13 @@ from collections.abc import Mapping
 
 import torch
 
-from crypten_lite.comm import Communicator
 from crypten_lite.config import Config, config_from_env
 from crypten_lite.errors import ConfigurationError
 from crypten_lite.launcher.rendezvous import advertise_host, rendezvous
 from crypten_lite.launcher.security import Security
 from crypten_lite.launcher.session import ProcessEnv, intra_op_threads
 from crypten_lite.launcher.zmq_comm import ZmqCommunicator
+from crypten_lite.runtime.comm import Communicator
 
 __all__ = ["connect", "connect_from_env"]
 

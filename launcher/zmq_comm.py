@@ -1,4 +1,4 @@
-"""Layer L6: the ZeroMQ implementation of :class:`~crypten_lite.comm.Communicator`.
+"""Layer L6: the ZeroMQ implementation of :class:`~crypten_lite.runtime.comm.Communicator`.
 
 Socket layout (one process = one rank; the dealer is rank ``world_size``)::
 
@@ -14,7 +14,7 @@ Socket layout (one process = one rank; the dealer is rank ``world_size``)::
   :meth:`ZmqCommunicator._fetch` files messages that arrive for another peer into a per-peer
   inbox, so ``_fetch(src)`` sees ``src``'s messages in send order.
 * A message is one ZeroMQ multipart message of exactly two frames: the header of
-  :mod:`crypten_lite.wire` and the raw tensor bytes. Anything else — one frame, three frames,
+  :mod:`crypten_lite.runtime.wire` and the raw tensor bytes. Anything else — one frame, three frames,
   a header that does not decode, a payload whose length differs from the header's — is a
   :class:`~crypten_lite.errors.ProtocolError` on the receiver; the remaining frames of the bad
   message are drained first, so the socket stays at a message boundary.
@@ -64,10 +64,10 @@ import torch
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from crypten_lite.comm import Communicator
 from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
 from crypten_lite.launcher.security import Security, rank_name
-from crypten_lite.wire import NUMPY_DTYPES, Header, decode_header, tensor_from_payload
+from crypten_lite.runtime.comm import Communicator
+from crypten_lite.runtime.wire import NUMPY_DTYPES, Header, decode_header, tensor_from_payload
 
 __all__ = ["ZmqCommunicator"]
 

@@ -1,6 +1,6 @@
 """Layer L3: the cryptographic protocols, as functions on raw int64 share tensors.
 
-Every function takes the :class:`~crypten_lite.party.Party` explicitly and never imports zmq or
+Every function takes the :class:`~crypten_lite.runtime.party.Party` explicitly and never imports zmq or
 the user-facing tensor type. Installed as ``crypten_lite.protocols``.
 
 Primitives — the only code that sends messages or consumes dealer material; each carries its

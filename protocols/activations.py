@@ -25,7 +25,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import public_threshold, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
 from crypten_lite.protocols.polynomial import (
@@ -35,6 +34,7 @@ from crypten_lite.protocols.polynomial import (
     mul_many,
     public_affine_lazy,
 )
+from crypten_lite.runtime.party import Party
 
 __all__ = ["erf", "gelu", "sigmoid", "silu", "tanh"]
 

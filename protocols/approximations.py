@@ -5,7 +5,7 @@ sqrt, inv_sqrt, pow, norm, sin, cos), :mod:`~crypten_lite.protocols.activations`
 tanh, erf, gelu, silu), :mod:`~crypten_lite.protocols.softmax` (softmax, log_softmax) and :mod:`~crypten_lite.protocols.moments`
 (standardize: LayerNorm, BatchNorm, RMSNorm); building blocks in
 :mod:`~crypten_lite.protocols.polynomial`. Every function takes and returns int64 shares at
-scale ``f = party.frac_bits`` and the :class:`~crypten_lite.party.Party` explicitly.
+scale ``f = party.frac_bits`` and the :class:`~crypten_lite.runtime.party.Party` explicitly.
 
 Summary (2 parties, ``f = 16``; rounds without the dealer request round trip of a dealer
 process; errors measured against float64, see each docstring for saturation outside the

@@ -24,9 +24,7 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer import DealerRequest
 from crypten_lite.errors import EncodingError
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import (
     FixedOperand,
     beaver_online,
@@ -42,7 +40,9 @@ from crypten_lite.protocols.truncation import (
     truncate_local_,
     truncation_request,
 )
-from crypten_lite.ring import BILINEAR_OPS
+from crypten_lite.runtime.dealer import DealerRequest
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import BILINEAR_OPS
 
 __all__ = ["div_public", "product", "public_product", "square"]
 

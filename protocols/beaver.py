@@ -1,7 +1,7 @@
 """Layer L3: Beaver products for every bilinear op, and reusable masks for fixed operands.
 
 One function, :func:`beaver`, multiplies two arithmetic sharings under any op ``op(x, y)`` that
-is linear in each argument (:data:`crypten_lite.ring.BILINEAR_OPS`: elementwise ``mul`` with
+is linear in each argument (:data:`crypten_lite.runtime.ring.BILINEAR_OPS`: elementwise ``mul`` with
 broadcasting, batched ``matmul``, ``conv1d``/``conv2d``, ``conv_transpose1d``/``2d``, two-operand
 ``einsum``). The
 result is at the sum of both inputs' scales (``2f`` for two fixed-point inputs); truncation is
@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer import DealerBatch, DealerRequest
-from crypten_lite.party import Party
 from crypten_lite.protocols import replicated
 from crypten_lite.protocols.opening import open_shares
-from crypten_lite.ring import BILINEAR_OPS, bilinear_output_shape
+from crypten_lite.runtime.dealer import DealerBatch, DealerRequest
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import BILINEAR_OPS, bilinear_output_shape
 
 __all__ = [
     "FixedOperand",
@@ -142,7 +142,7 @@ def beaver_request(
     """Validate the operands and build the dealer request for their product.
 
     Lets a caller batch the triple with other correlated randomness (a truncation pair) in one
-    :meth:`~crypten_lite.dealer.Dealer.request`, then finish with :func:`beaver_online`.
+    :meth:`~crypten_lite.runtime.dealer.Dealer.request`, then finish with :func:`beaver_online`.
     """
     fixed_x, fixed_y = isinstance(x, FixedOperand), isinstance(y, FixedOperand)
     if fixed_x and fixed_y:
@@ -170,7 +170,7 @@ def material_parts(
 ) -> tuple[list[Tensor], Callable[[], list[Tensor]]]:
     """(free components now, a function returning the derived ones) of one dealer item.
 
-    With a :class:`~crypten_lite.dealer.DealerBatch` the derived components may still be on
+    With a :class:`~crypten_lite.runtime.dealer.DealerBatch` the derived components may still be on
     their way from the dealer process; call the function only after this party's round.
     """
     if isinstance(material, DealerBatch):
@@ -192,16 +192,16 @@ def beaver_online(
 ) -> Tensor:
     """The online phase of :func:`beaver`, given the dealer material of :func:`beaver_request`.
 
-    ``material`` is item ``index`` of a :class:`~crypten_lite.dealer.DealerBatch` (the triple
+    ``material`` is item ``index`` of a :class:`~crypten_lite.runtime.dealer.DealerBatch` (the triple
     ``c`` is collected only after the opening, so a dealer process's round trip overlaps with
     it), or the item's tensors: ``[a], [b], [c]`` for a plain triple, ``[a], [c]``
     (``[b], [c]``) when ``y`` (``x``) is a :class:`FixedOperand`. Its tensors are consumed
     (overwritten) — the free ones only after the opening, as
-    :class:`~crypten_lite.dealer.DealerBatch` requires.
+    :class:`~crypten_lite.runtime.dealer.DealerBatch` requires.
     """
     tag = tag or f"beaver.{op}"
     if party.replicated:
-        # The dealer material is a placeholder (crypten_lite.party.NoDealer). The caller
+        # The dealer material is a placeholder (crypten_lite.runtime.party.NoDealer). The caller
         # truncates next (arithmetic.bilinear), and the truncation's opening replaces the
         # resharing, so the product stays additive here.
         return _replicated(op, x, y, party, op_params, tag, with_companion=False)
@@ -287,7 +287,7 @@ def beaver(
     other operand's masked value.
 
     Args:
-        op: a name in :data:`crypten_lite.ring.BILINEAR_OPS`.
+        op: a name in :data:`crypten_lite.runtime.ring.BILINEAR_OPS`.
         x, y: int64 shares (any shapes ``op`` accepts, broadcasting included), or at most one
             :class:`FixedOperand`.
         op_params: keyword arguments of the op (``stride``, ``padding``, ...), JSON-serialisable.

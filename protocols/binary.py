@@ -4,7 +4,7 @@ A binary sharing ``<x>`` of a 64-bit word is ``x = <x>_0 ^ <x>_1 ^ ... ^ <x>_{N-
 shifts, rotations and AND/XOR with public words are local (a public constant is applied by party
 0 only where it is XORed in). AND of two shared words consumes a binary Beaver triple; every AND
 of one circuit layer is evaluated in one round by :func:`and_many`. Single bits are kept as
-int64 0/1 tensors and packed 64 to a word (:func:`crypten_lite.dealer.pack_bits`) before they go
+int64 0/1 tensors and packed 64 to a word (:func:`crypten_lite.runtime.dealer.pack_bits`) before they go
 on the wire. :func:`and_k` evaluates the AND of up to six shared bits in one round with
 dealer-supplied mask products (up to ten inputs).
 """
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from crypten_lite.dealer import AND_MAX_INPUTS, DealerRequest, pack_bits, padded
-from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_xor_shares
+from crypten_lite.runtime.dealer import AND_MAX_INPUTS, DealerRequest, pack_bits, padded
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "and_",

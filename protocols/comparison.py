@@ -30,12 +30,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.encoding import encode
 from crypten_lite.errors import EncodingError
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
 from crypten_lite.protocols.msb import SignBits, Threshold, cmp_request, sign_bits
+from crypten_lite.runtime.encoding import encode
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "SignBits",

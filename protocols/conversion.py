@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.dealer import DealerRequest, pack_bits, padded, unpack_bits
-from crypten_lite.party import Party
 from crypten_lite.protocols.binary import and_many, not_, xor_public
 from crypten_lite.protocols.opening import open_shares, open_xor_shares
+from crypten_lite.runtime.dealer import DealerRequest, pack_bits, padded, unpack_bits
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "a2b",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import ltz
 from crypten_lite.protocols.truncation import truncate
+from crypten_lite.runtime.party import Party
 
 __all__ = ["floor_div_pow2"]
 

@@ -30,7 +30,6 @@ from collections.abc import Callable
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.comparison import abs_and_sign
 from crypten_lite.protocols.fused import Operand, Pending, lazy, settle, settle_many
 from crypten_lite.protocols.polynomial import (
@@ -50,6 +49,7 @@ from crypten_lite.protocols.polynomial import (
     truncate_many,
 )
 from crypten_lite.protocols.reduction import max_dim
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "cos",

@@ -20,7 +20,7 @@ So with ``X = P_X + L_X`` (``L_X = -[r_hi] + W [s]``; a plain operand has ``P = 
     ``X Y = P_X P_Y + P_X [L_Y] + P_Y [L_X] + [L_X L_Y]``
 
 and ``[L_X L_Y]`` is a public combination of products of dealer values (the ``fused`` dealer
-kind, :mod:`crypten_lite.dealer.arith_kinds`): ``[r_hi b]``, ``[s b]`` for a plain ``Y``;
+kind, :mod:`crypten_lite.runtime.dealer.arith_kinds`): ``[r_hi b]``, ``[s b]`` for a plain ``Y``;
 ``[r_hi r'_hi]``, ``[r_hi s']``, ``[s r'_hi]`` (``[s s']`` only if ``k + k' > 64``: its
 coefficient ``W W'`` is a multiple of ``2**(128-k-k')``) for two pending ones; for a square
 ``L**2 = r_hi**2 - 2 W r_hi s + W**2 s`` (``s**2 = s``).
@@ -41,13 +41,13 @@ from dataclasses import dataclass
 
 import torch
 
-from crypten_lite.dealer import DealerRequest
-from crypten_lite.dealer.arith_kinds import broadcast_shape, fused_terms
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import material_parts
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.truncation import resolve_method, truncate_local
-from crypten_lite.ring import logical_rshift
+from crypten_lite.runtime.dealer import DealerRequest
+from crypten_lite.runtime.dealer.arith_kinds import broadcast_shape, fused_terms
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import logical_rshift
 
 __all__ = ["Operand", "Pending", "lazy", "mul_fused", "settle", "settle_many", "settled_value"]
 

@@ -1,7 +1,7 @@
 """Layer L3: resharing a 3-party additive sharing onto parties 0 and 1 (the helper-dealer view).
 
 Under the replicated family, ops that are not local run between parties 0 and 1 with party 2 as
-their dealer (:mod:`crypten_lite.helper`, :mod:`crypten_lite.bridge`). Their inputs are
+their dealer (:mod:`crypten_lite.runtime.helper`, :mod:`crypten_lite.bridge`). Their inputs are
 3-out-of-3 additive sharings ``x = x_0 + x_1 + x_2``; :func:`reshare_to_pair` moves party 2's
 share onto party 1 under a mask only parties 0 and 2 know.
 """
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from crypten_lite.party import Party
-from crypten_lite.prg import PRG
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.prg import PRG
 
 __all__ = ["reshare_to_pair"]
 

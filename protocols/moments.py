@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
@@ -51,6 +50,7 @@ from crypten_lite.protocols.polynomial import (
     truncate_many,
 )
 from crypten_lite.protocols.truncation import resolve_method
+from crypten_lite.runtime.party import Party
 
 __all__ = ["Standardized", "standardize", "standardize_domain"]
 

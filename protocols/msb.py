@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.dealer import (
+from crypten_lite.protocols.opening import open_shares, open_xor_shares
+from crypten_lite.runtime.dealer import (
     CMP_L2_E,
     CMP_L2_G,
     CMP_L3_G,
@@ -45,8 +46,7 @@ from crypten_lite.dealer import (
     padded,
     pair_table,
 )
-from crypten_lite.party import Party
-from crypten_lite.protocols.opening import open_shares, open_xor_shares
+from crypten_lite.runtime.party import Party
 
 __all__ = ["SignBits", "Threshold", "cmp_request", "sign_bits"]
 
@@ -61,7 +61,7 @@ _BITS_C = (1 << 28) | (1 << 44) | (1 << 60)
 
 def _selection(monomials: Sequence[int]) -> Tensor:
     """``(256,)`` int64: for an opened input byte ``d``, bit ``s`` of the word selects the
-    subset product ``s`` (of :func:`~crypten_lite.dealer.node_subsets`) in the node output
+    subset product ``s`` (of :func:`~crypten_lite.runtime.dealer.node_subsets`) in the node output
     ``XOR_T prod_T x``: ``XOR over monomials T >= S of [d covers T - S]``."""
     subsets = node_subsets(monomials)
     words = []

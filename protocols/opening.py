@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from crypten_lite.errors import ProtocolError
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 __all__ = ["open_among", "open_shares", "open_xor_shares", "pass_shares"]
 

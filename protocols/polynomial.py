@@ -20,8 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.dealer import DealerRequest
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver, material_parts
 from crypten_lite.protocols.comparison import sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
@@ -33,7 +31,9 @@ from crypten_lite.protocols.truncation import (
     truncate_local,
     truncation_request,
 )
-from crypten_lite.ring import logical_rshift
+from crypten_lite.runtime.dealer import DealerRequest
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import logical_rshift
 
 __all__ = [
     "Normalized",

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.arithmetic import div_public
 from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.reduction import max_dim
+from crypten_lite.runtime.party import Party
 
 __all__ = [
     "adaptive_avg_pool2d",

@@ -28,11 +28,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.dealer import DealerRequest, padded
-from crypten_lite.party import Party
 from crypten_lite.protocols.binary import and_k, and_request
 from crypten_lite.protocols.comparison import cmp_request, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
+from crypten_lite.runtime.dealer import DealerRequest, padded
+from crypten_lite.runtime.party import Party
 
 __all__ = ["GROUP_MAX", "argmax", "argmin", "max_dim", "min_dim"]
 

@@ -5,7 +5,7 @@ party ``i`` holds its share ``x_i`` (the share every protocol of the library rea
 known, the *companion* ``x_{i+1}`` (indices mod 3): party 0 holds ``(x_0, x_1)``, party 1
 ``(x_1, x_2)``, party 2 ``(x_2, x_0)``. Any two parties together hold all three shares; any one
 party misses one, which is uniform to it. The companion is optional state kept by
-:meth:`~crypten_lite.party.Party.companion` (keyed by the share tensor's identity and version,
+:meth:`~crypten_lite.runtime.party.Party.companion` (keyed by the share tensor's identity and version,
 so a share produced by an op that does not propagate it, or written in place since, has none);
 a missing companion costs one round to fetch (:func:`with_companions`).
 
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from crypten_lite.errors import ProtocolError
-from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_among, pass_shares
-from crypten_lite.ring import BILINEAR_OPS, logical_rshift
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import BILINEAR_OPS, logical_rshift
 
 __all__ = ["pair_form", "product", "reshare", "share_input", "truncate", "with_companions"]
 
@@ -209,7 +209,7 @@ def product(
        opening replaces the resharing, and a later product fetches the companion if needed).
 
     Args:
-        op: a name in :data:`crypten_lite.ring.BILINEAR_OPS` (shapes checked by the caller).
+        op: a name in :data:`crypten_lite.runtime.ring.BILINEAR_OPS` (shapes checked by the caller).
         x, y: this party's int64 shares; their companions are looked up.
 
     Returns:

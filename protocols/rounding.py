@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.binary import and_, rshift, xor_public
 from crypten_lite.protocols.conversion import a2b, b2a
+from crypten_lite.runtime.party import Party
 
 __all__ = ["ceil", "floor", "round_half_even", "trunc"]
 

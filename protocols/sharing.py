@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from crypten_lite.comm import FAILURE_NOTICE
-from crypten_lite.encoding import decode, encode
 from crypten_lite.errors import EncodingError
-from crypten_lite.party import Party
 from crypten_lite.protocols import replicated
 from crypten_lite.protocols.opening import open_shares
+from crypten_lite.runtime.comm import FAILURE_NOTICE
+from crypten_lite.runtime.encoding import decode, encode
+from crypten_lite.runtime.party import Party
 
 __all__ = ["abort_share", "reveal", "share", "share_public"]
 

@@ -33,8 +33,6 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.dealer import DealerRequest, padded
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import material_parts
 from crypten_lite.protocols.comparison import cmp_request, public_threshold, sign_bits
 from crypten_lite.protocols.conversion import inject_masked, open_masked_bits
@@ -49,6 +47,8 @@ from crypten_lite.protocols.polynomial import (
 )
 from crypten_lite.protocols.reduction import max_dim
 from crypten_lite.protocols.truncation import resolve_method, truncate
+from crypten_lite.runtime.dealer import DealerRequest, padded
+from crypten_lite.runtime.party import Party
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -333,7 +333,7 @@ def softmax(x: Tensor, party: Party, dim: int = -1) -> Tensor:
 
     Domain: any inputs whose pairwise differences fit the ring (``|x| < 2**(62 - f)``), any
     row length ``n`` up to ``2**18``. Masked positions (a public mask saturated to
-    ``-2**(40 - f)``, see :mod:`crypten_lite.encoding`, the workloads' ``-64``, or any score
+    ``-2**(40 - f)``, see :mod:`crypten_lite.runtime.encoding`, the workloads' ``-64``, or any score
     more than 16 below the row's maximum) get exactly 0. Error: below ``2e-4`` absolute per
     output for every spread and ``n <= 1024`` (measured ``8e-5``, 2 and 3 parties, spreads up
     to ``2**45``, ``8.3e-5`` for 1023 scores just below any segment boundary: exp's relative

@@ -28,9 +28,9 @@ import functools
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import beaver
 from crypten_lite.protocols.comparison import relu
+from crypten_lite.runtime.party import Party
 
 __all__ = ["cumulative_max", "network_layers", "sort"]
 

@@ -42,13 +42,13 @@ from collections.abc import Sequence
 
 import torch
 
-from crypten_lite.dealer import DealerBatch, DealerRequest
 from crypten_lite.errors import ConfigurationError
-from crypten_lite.party import Party
 from crypten_lite.protocols import replicated
 from crypten_lite.protocols.beaver import material_parts
 from crypten_lite.protocols.opening import open_shares
-from crypten_lite.ring import logical_rshift
+from crypten_lite.runtime.dealer import DealerBatch, DealerRequest
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import logical_rshift
 
 __all__ = [
     "resolve_method",
@@ -218,7 +218,7 @@ def truncate_dealer(
 
     Args:
         pair: ``[r], [r_hi], [r_msb]`` for this shape and ``bits``, or item ``index`` of a
-            :class:`~crypten_lite.dealer.DealerBatch` holding them (requested when ``None``);
+            :class:`~crypten_lite.runtime.dealer.DealerBatch` holding them (requested when ``None``);
             consumed (overwritten). ``[r_hi], [r_msb]`` are collected after the opening, so a
             dealer process's round trip overlaps with it.
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from crypten_lite.config import Config
-from crypten_lite.party import run_threads
+from crypten_lite.runtime.party import run_threads
 
 FAMILY_ENV = "CRYPTEN_LITE_TEST_PROTOCOL"
 

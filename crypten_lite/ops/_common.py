@@ -14,7 +14,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from crypten_lite.errors import UnsupportedOperationError
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, _Alias, current_user_call
 
 __all__ = [

@@ -4,7 +4,7 @@ Every op sees a mix of operands: encrypted tensors (secret), encrypted tensors e
 (public, see :meth:`MPCTensor.public_value`), plain torch tensors and Python numbers (public).
 This module alone decides what they mean in the ring: whether a public operand is an integer
 (used as it is, scale 0) or a real (encoded with ``f`` fractional bits, under the saturation
-rule of :mod:`crypten_lite.encoding`), which scale a result has (float32 operands carry ``f``
+rule of :mod:`crypten_lite.runtime.encoding`), which scale a result has (float32 operands carry ``f``
 fractional bits, int64/bool ones — comparison results, secret indices — none), and by how many
 bits a product is truncated. The L3 protocols below it work on ring integers and take those
 decisions as arguments (:mod:`crypten_lite.protocols.arithmetic`: already-encoded operands and
@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-from crypten_lite.encoding import (
+from crypten_lite.errors import EncodingError
+from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
+from crypten_lite.protocols import arithmetic
+from crypten_lite.protocols.beaver import FixedOperand, prepare_fixed
+from crypten_lite.protocols.sharing import share_public
+from crypten_lite.protocols.truncation import truncate
+from crypten_lite.runtime.encoding import (
     SaturationWarning,
     decode,
     encode,
@@ -33,14 +39,8 @@ from crypten_lite.encoding import (
     max_representable,
     saturate_mask,
 )
-from crypten_lite.errors import EncodingError
-from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
-from crypten_lite.party import Party
-from crypten_lite.protocols import arithmetic
-from crypten_lite.protocols.beaver import FixedOperand, prepare_fixed
-from crypten_lite.protocols.sharing import share_public
-from crypten_lite.protocols.truncation import truncate
-from crypten_lite.ring import BILINEAR_OPS
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import BILINEAR_OPS
 from crypten_lite.tensor import MPCTensor, current_user_call
 
 __all__ = [
@@ -102,11 +102,11 @@ def encode_operand(
     value: torch.Tensor, frac: int, party: Party, *, mask_op: str | None = None
 ) -> torch.Tensor:
     """Encode a public operand at ``frac`` fractional bits under the rule of
-    :mod:`crypten_lite.encoding`.
+    :mod:`crypten_lite.runtime.encoding`.
 
     With ``mask_op`` (the name of a masking op: ``add``, ``where``, ``masked_fill``, ...)
     floating values beyond ``2**(40 - f)``, ``±inf`` included, saturate to the sentinel
-    ``±2**(40 - f)`` with one :class:`~crypten_lite.encoding.SaturationWarning` per op and
+    ``±2**(40 - f)`` with one :class:`~crypten_lite.runtime.encoding.SaturationWarning` per op and
     process. Every other out-of-range value (and NaN) raises :class:`EncodingError` naming the
     op. Public values are the same on every party, so every party raises (or saturates) alike.
     """
@@ -243,7 +243,7 @@ def add_values(x: Any, y: Any, party: Party, alpha: Any = 1, *, mask_op: str = "
     A public operand is a masking operand (additive attention masks): where its value lies
     beyond ``2**(40 - f)`` (``finfo.min``, ``±inf``, ``-1e9``) the result is the sentinel
     ``±2**(40 - f)`` itself, as float arithmetic absorbs a small addend into a huge one, with a
-    warning (:mod:`crypten_lite.encoding`); ``mask_op`` names the op in that warning. So a row
+    warning (:mod:`crypten_lite.runtime.encoding`); ``mask_op`` names the op in that warning. So a row
     masked everywhere with ``finfo.min`` becomes constant and its softmax uniform, as in torch.
     """
     if not (isinstance(alpha, (int, float)) and alpha == 1):
@@ -419,7 +419,7 @@ def where_values(cond: Any, a: Any, b: Any, *, mask_op: str = "where") -> MPCTen
     result) or a float 0/1 — costs one Beaver product, ``b + cond * (a - b)``, with no
     truncation when ``cond`` has scale 0. Public ``a``/``b`` are masking operands (fill values
     such as ``finfo.min`` or ``-inf`` saturate to ``±2**(40 - f)``, see
-    :mod:`crypten_lite.encoding`); ``mask_op`` names the op in the warning.
+    :mod:`crypten_lite.runtime.encoding`); ``mask_op`` names the op in the warning.
     """
     party = find_party(cond, a, b)
     dtype = logical_dtype(a, b)

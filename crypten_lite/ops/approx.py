@@ -26,8 +26,8 @@ import torch
 from crypten_lite.ops._common import find_party, wrap
 from crypten_lite.ops._fixed import add_values, assign, mul_values, wrap_public
 from crypten_lite.ops.reductions import sum_dim
-from crypten_lite.party import Party
 from crypten_lite.protocols import approximations, comparison
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

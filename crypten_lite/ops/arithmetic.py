@@ -163,7 +163,7 @@ def where_scalar_other(cond: Any, a: Any, b: Any) -> MPCTensor:
 def masked_fill(x: MPCTensor, mask: Any, value: Any) -> MPCTensor:
     """Fill where ``mask`` is set: share selection for a public mask, else a ``where``. The
     fill value is a masking operand: ``-inf``/``finfo.min`` saturate to ``-2**(40 - f)``
-    (:mod:`crypten_lite.encoding`), so a softmax gives those positions probability 0."""
+    (:mod:`crypten_lite.runtime.encoding`), so a softmax gives those positions probability 0."""
     return where_values(mask, value, x, mask_op="masked_fill")
 
 

@@ -14,7 +14,7 @@ in MPC form:
   ``dQ = dS K * scale``, ``dK = dS^T Q * scale``.
 
 Masks must be public (a causal mask, or a boolean/additive ``attn_mask`` tensor). Masked scores
-are set to the masking sentinel ``-2**(40 - f)`` (:mod:`crypten_lite.encoding`; ``-inf`` cannot
+are set to the masking sentinel ``-2**(40 - f)`` (:mod:`crypten_lite.runtime.encoding`; ``-inf`` cannot
 be encoded) before the softmax, whose max subtraction and exp floor then give them exactly 0
 whatever the unmasked scores are; additive float masks with ``finfo.min`` entries saturate to
 the same sentinel, ``-inf`` entries are treated as boolean masks.
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.encoding import mask_limit
 from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.ops._fixed import wrap_public
 from crypten_lite.protocols.arithmetic import product
+from crypten_lite.runtime.encoding import mask_limit
 from crypten_lite.tensor import MPCTensor, implements, implements_function
 
 aten = torch.ops.aten
@@ -40,7 +40,7 @@ __all__ = ["MASKED_SCORE", "attention_math"]
 
 MASKED_SCORE = -float(2**24)
 """Score given to masked positions at ``f = 16``: the masking sentinel ``-2**(40 - f)``
-(:func:`crypten_lite.encoding.mask_limit`), far below any score the softmax must keep apart
+(:func:`crypten_lite.runtime.encoding.mask_limit`), far below any score the softmax must keep apart
 from it (a fixed -64 failed when every unmasked score was below -40)."""
 
 _PROBS = "attention:P"

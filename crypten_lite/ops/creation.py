@@ -17,8 +17,8 @@ import torch
 
 from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.ops._fixed import assign, float_dtype, mul_values, ring_of, wrap_public
-from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

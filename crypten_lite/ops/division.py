@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from crypten_lite.ops._common import public_of, unsupported, wrap
-from crypten_lite.party import Party
 from crypten_lite.protocols.division import floor_div_pow2
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor
 
 __all__ = ["floor_divide_value", "is_power_of_two_divisor", "remainder_value"]

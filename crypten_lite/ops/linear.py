@@ -21,7 +21,7 @@ import torch
 from crypten_lite.ops._common import find_party, public_of, share_wise, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, bilinear_values, ring_of, scale_value
 from crypten_lite.ops.nonlinear import compare
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

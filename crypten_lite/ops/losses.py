@@ -28,7 +28,7 @@ from crypten_lite.ops._fixed import (
 )
 from crypten_lite.ops.approx import approx, reciprocal_value
 from crypten_lite.ops.reductions import mean_value, sum_all
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

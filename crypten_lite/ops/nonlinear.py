@@ -23,8 +23,8 @@ from crypten_lite.ops._fixed import (
     where_values,
     wrap_public,
 )
-from crypten_lite.party import Party
 from crypten_lite.protocols import comparison
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

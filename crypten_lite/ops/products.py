@@ -27,8 +27,8 @@ import torch
 
 from crypten_lite.ops._common import wrap
 from crypten_lite.ops._fixed import mul_values, out_frac, ring_of
-from crypten_lite.party import Party
 from crypten_lite.protocols.sharing import share_public
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

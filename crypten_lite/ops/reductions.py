@@ -16,8 +16,8 @@ import torch
 from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, div_values, mul_values
 from crypten_lite.ops.nonlinear import compare
-from crypten_lite.party import Party
 from crypten_lite.protocols import reduction
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

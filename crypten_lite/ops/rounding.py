@@ -28,8 +28,8 @@ from crypten_lite.ops._common import find_party, public_of, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, div_values, mul_values, ring_of
 from crypten_lite.ops.division import floor_divide_value, is_power_of_two_divisor, remainder_value
 from crypten_lite.ops.nonlinear import compare
-from crypten_lite.party import Party
 from crypten_lite.protocols import rounding
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from crypten_lite.encoding import encode
 from crypten_lite.ops._common import find_party, public_of, share_wise, unsupported, wrap
 from crypten_lite.ops._fixed import add_values, assign, div_values, frac_of, mul_values, ring_of
 from crypten_lite.ops.reductions import ONEHOT_KEY, place_at_indices
-from crypten_lite.party import Party
+from crypten_lite.runtime.encoding import encode
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 
 from crypten_lite.ops._common import unsupported, wrap
-from crypten_lite.party import Party
 from crypten_lite.protocols import sorting
 from crypten_lite.protocols.sharing import share_public
+from crypten_lite.runtime.party import Party
 from crypten_lite.tensor import MPCTensor, implements
 
 aten = torch.ops.aten

@@ -210,7 +210,7 @@ def test_mismatched_session_parameter(
     """Party 1 runs with another fixed-point precision, or speaks another protocol version.
 
     The launcher has no switch for the protocol version, so the party script simulates a
-    different build (``E2E_PROTOCOL_VERSION`` patches ``crypten_lite.party.PROTOCOL_VERSION``).
+    different build (``E2E_PROTOCOL_VERSION`` patches ``crypten_lite.runtime.party.PROTOCOL_VERSION``).
     The set-up fingerprint exchange catches either before any secret is shared.
     """
     net = make_network(3, "none")

@@ -1,7 +1,7 @@
 """Hostile input: random, truncated, oversized and replayed frames; a rogue host without the secret.
 
 A party's receiving socket is the attack surface of a session: anything that can reach it can
-send bytes. These tests check the promise of DESIGN.md §5 and ``crypten_lite.wire``:
+send bytes. These tests check the promise of DESIGN.md §5 and ``crypten_lite.runtime.wire``:
 
 * every malformed frame is refused with :class:`~crypten_lite.errors.ProtocolError` (never
   another exception, never a crash), and the socket stays usable afterwards;
@@ -30,11 +30,17 @@ import zmq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from crypten_lite.comm import InProcessHub
 from crypten_lite.errors import PartyTimeoutError, ProtocolError
 from crypten_lite.launcher.security import Security, rank_name
 from crypten_lite.launcher.zmq_comm import ZmqCommunicator
-from crypten_lite.wire import MAGIC, WIRE_VERSION, decode_header, encode_header, tensor_payload
+from crypten_lite.runtime.comm import InProcessHub
+from crypten_lite.runtime.wire import (
+    MAGIC,
+    WIRE_VERSION,
+    decode_header,
+    encode_header,
+    tensor_payload,
+)
 from tests.netns import TAG_ENV, MultiHostSession, Network, clean_env, pids_with_env
 
 MAX_BYTES = 4096  # the victim's max_message_bytes: small, so fuzzing reaches the limit

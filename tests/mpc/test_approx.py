@@ -10,11 +10,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.encoding import decode, encode
-from crypten_lite.party import Party
 from crypten_lite.protocols import approximations as A
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.encoding import decode, encode
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 ULP = 2.0**-16

@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.encoding import encode
 from crypten_lite.errors import ConfigurationError
-from crypten_lite.party import Party
 from crypten_lite.protocols import arithmetic as A
 from crypten_lite.protocols.beaver import prepare_fixed
 from crypten_lite.protocols.sharing import reveal, share
+from crypten_lite.runtime.encoding import encode
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 FB = 16

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.beaver import FixedOperand, beaver, prepare_fixed
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
-from crypten_lite.ring import bilinear
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.ring import bilinear
 
 Run = Callable[..., list[Any]]
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols import binary
 from crypten_lite.protocols.conversion import a2b
 from crypten_lite.protocols.opening import open_xor_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from crypten_lite.dealer import (
+from crypten_lite.runtime.dealer import (
     CMP_L2_E,
     CMP_L2_G,
     CMP_L3_G,
@@ -19,7 +19,7 @@ from crypten_lite.dealer import (
     node_subsets,
     unpack_bits,
 )
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 N = 128

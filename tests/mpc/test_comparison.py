@@ -13,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crypten_lite.party import Party
 from crypten_lite.protocols import comparison as C
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 F = 16

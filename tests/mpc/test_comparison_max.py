@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols import reduction as R
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from crypten_lite.party import Party
 from crypten_lite.protocols.fused import Pending, lazy, mul_fused, settle, settle_many
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 N = 64
@@ -178,10 +178,10 @@ def test_exact_truncation_costs_at_most_a_quarter_more_rounds(run_parties: Run) 
     """exp, inv_sqrt, softmax and LayerNorm's standardisation with the exact (default)
     truncation take at most 1.25 times the rounds of the 2-party local truncation (the issue's
     budget), and agree with plaintext within their documented errors either way."""
-    from crypten_lite.encoding import decode
     from crypten_lite.protocols import approximations as A
     from crypten_lite.protocols.activations import softmax
     from crypten_lite.protocols.moments import standardize
+    from crypten_lite.runtime.encoding import decode
 
     g = torch.Generator().manual_seed(3)
     xe = torch.rand(64, generator=g, dtype=torch.float64) * 8 - 4

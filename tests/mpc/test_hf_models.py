@@ -3,7 +3,7 @@ encrypted weights: BERT, GPT-2 and LLaMA with eager and sdpa attention, with pad
 ``output_attentions=True`` under eager, against the same model in plain torch.
 
 Eager attention adds ``torch.finfo(float32).min`` masks (additive, or through ``where``): they
-saturate to the masking sentinel (``crypten_lite.encoding``) and the softmax gives the masked
+saturate to the masking sentinel (``crypten_lite.runtime.encoding``) and the softmax gives the masked
 positions probability 0, as in torch.
 
 The weights use ``initializer_range=0.2`` (transformers' default 0.02 gives hidden states with a
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import crypten_lite as cl
-from crypten_lite.encoding import SaturationWarning
+from crypten_lite.runtime.encoding import SaturationWarning
 
 tf = pytest.importorskip("transformers")
 

@@ -21,12 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import crypten_lite as cl
-from crypten_lite.encoding import decode
-from crypten_lite.party import Party
 from crypten_lite.protocols import approximations as A
 from crypten_lite.protocols.moments import standardize_domain
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.encoding import decode
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 ULP = 2.0**-16

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crypten_lite.encoding import decode, encode
-from crypten_lite.party import Party
 from crypten_lite.protocols import pooling as P
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.encoding import decode, encode
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 X = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

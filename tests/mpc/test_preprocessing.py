@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import crypten_lite as cl
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 TOL = 1e-3

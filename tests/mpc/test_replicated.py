@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 
 import crypten_lite as cl
-from crypten_lite.comm import InProcessHub
 from crypten_lite.config import Config
 from crypten_lite.errors import ConfigurationError, ProtocolError
-from crypten_lite.party import Party, run_threads
 from crypten_lite.protocols import arithmetic as A
 from crypten_lite.protocols import replicated
 from crypten_lite.protocols.beaver import beaver, prepare_fixed
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import reveal, share
 from crypten_lite.protocols.truncation import truncate
+from crypten_lite.runtime.comm import InProcessHub
+from crypten_lite.runtime.party import Party, run_threads
 
 Run = Callable[..., list[Any]]
 U = 2.0**-16

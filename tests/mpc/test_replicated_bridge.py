@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import crypten_lite as cl
 from crypten_lite import bridge
 from crypten_lite.errors import EncodingError
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 ULP = 2.0**-16

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import crypten_lite as cl
-from crypten_lite.encoding import encode
+from crypten_lite.runtime.encoding import encode
 from crypten_lite.tensor import MPCTensor
 
 ULP = 2.0**-16

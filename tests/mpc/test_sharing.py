@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypten_lite.config import Config
-from crypten_lite.party import Party, run_threads
 from crypten_lite.protocols.opening import open_shares, open_xor_shares
 from crypten_lite.protocols.sharing import reveal, share, share_public
+from crypten_lite.runtime.party import Party, run_threads
 
 Run = Callable[..., list[Any]]
 I64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import crypten_lite as cl
-from crypten_lite.encoding import SaturationWarning, decode, encode
 from crypten_lite.errors import EncodingError
-from crypten_lite.party import Party
 from crypten_lite.protocols import approximations as A
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
+from crypten_lite.runtime.encoding import SaturationWarning, decode, encode
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 TOL = 2e-3  # the bound on every probability; measured below 5e-5

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import crypten_lite as cl
 from crypten_lite.errors import SecretLeakError, UnsupportedOperationError
-from crypten_lite.ring import logical_rshift
+from crypten_lite.runtime.ring import logical_rshift
 from crypten_lite.tensor import MPCTensor
 
 ULP = 2.0**-16

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from crypten_lite.errors import ConfigurationError
-from crypten_lite.party import Party
 from crypten_lite.protocols.opening import open_shares
 from crypten_lite.protocols.sharing import share
 from crypten_lite.protocols.truncation import (
@@ -19,6 +18,7 @@ from crypten_lite.protocols.truncation import (
     truncate_dealer,
     truncate_local,
 )
+from crypten_lite.runtime.party import Party
 
 Run = Callable[..., list[Any]]
 LIMIT = 1 << 62

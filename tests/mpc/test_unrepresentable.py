@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import crypten_lite as cl
-from crypten_lite.encoding import SaturationWarning
 from crypten_lite.errors import EncodingError, PartyFailedError
+from crypten_lite.runtime.encoding import SaturationWarning
 
 X = torch.tensor([1.0, -2.0, 3.0])
 

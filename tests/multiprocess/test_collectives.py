@@ -14,7 +14,7 @@ import torch
 import crypten_lite
 from crypten_lite.config import Config
 from crypten_lite.launcher.api import launch
-from crypten_lite.wire import tensor_payload
+from crypten_lite.runtime.wire import tensor_payload
 
 pytestmark = [
     pytest.mark.multiprocess,

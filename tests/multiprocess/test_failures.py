@@ -16,7 +16,7 @@ from crypten_lite.config import Config
 from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
 from crypten_lite.launcher.api import launch
 from crypten_lite.launcher.security import rank_name
-from crypten_lite.wire import encode_header
+from crypten_lite.runtime.wire import encode_header
 
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import crypten_lite as cl
-from crypten_lite.party import Party
+from crypten_lite.runtime.party import Party
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = Path(os.environ.get("CRYPTEN_PEER_DIR") or ROOT.parent / "shared" / "peers" / "crypten")

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-from crypten_lite.comm import CommStats, InProcessCommunicator, InProcessHub
 from crypten_lite.config import Config, config_from_env
 from crypten_lite.errors import (
     ConfigurationError,
@@ -17,7 +16,8 @@ from crypten_lite.errors import (
     PartyTimeoutError,
     ProtocolError,
 )
-from crypten_lite.wire import encode_header
+from crypten_lite.runtime.comm import CommStats, InProcessCommunicator, InProcessHub
+from crypten_lite.runtime.wire import encode_header
 
 
 def run(n: int, fn: Callable[[InProcessCommunicator], Any], timeout_s: float = 5.0) -> list[Any]:

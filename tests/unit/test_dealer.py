@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
-from crypten_lite.comm import InProcessHub
-from crypten_lite.dealer import (
+from crypten_lite.errors import ProtocolError
+from crypten_lite.runtime.comm import InProcessHub
+from crypten_lite.runtime.dealer import (
     _KINDS,
     ARITH,
     Dealer,
@@ -21,10 +22,9 @@ from crypten_lite.dealer import (
     dealer_corrections,
     serve_dealer,
 )
-from crypten_lite.dealer.core import _layout
-from crypten_lite.errors import ProtocolError
-from crypten_lite.prg import PRG
-from crypten_lite.ring import bilinear, logical_rshift, msb
+from crypten_lite.runtime.dealer.core import _layout
+from crypten_lite.runtime.prg import PRG
+from crypten_lite.runtime.ring import bilinear, logical_rshift, msb
 
 Shares = list[list[torch.Tensor]]
 

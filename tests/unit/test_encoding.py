@@ -9,8 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypten_lite.encoding import decode, encode, max_representable
 from crypten_lite.errors import EncodingError
+from crypten_lite.runtime.encoding import decode, encode, max_representable
 
 F = 16
 REALS = st.floats(min_value=-(2.0**40), max_value=2.0**40, allow_nan=False, allow_infinity=False)

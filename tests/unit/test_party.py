@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from crypten_lite.comm import InProcessHub
 from crypten_lite.config import Config
 from crypten_lite.errors import ConfigurationError, ProtocolError
-from crypten_lite.party import Party, run_threads
+from crypten_lite.runtime.comm import InProcessHub
+from crypten_lite.runtime.party import Party, run_threads
 
 
 @pytest.mark.parametrize("dealer", ["tfp", "ttp"])
@@ -85,7 +85,7 @@ def test_config_validation() -> None:
 def test_keep_freed_memory_is_idempotent() -> None:
     import sys
 
-    from crypten_lite.party import keep_freed_memory
+    from crypten_lite.runtime.party import keep_freed_memory
 
     first = keep_freed_memory()
     assert keep_freed_memory() == first

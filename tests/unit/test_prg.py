@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crypten_lite.prg import PRG, SEED_BYTES, KeyPair, derive_seed, fresh_seed
+from crypten_lite.runtime.prg import PRG, SEED_BYTES, KeyPair, derive_seed, fresh_seed
 
 
 def test_stream_is_stable_per_seed_and_differs_across_seeds() -> None:

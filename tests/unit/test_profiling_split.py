@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import crypten_lite as cl
-from crypten_lite.comm import CommStats
-from crypten_lite.party import Party
+from crypten_lite.runtime.comm import CommStats
+from crypten_lite.runtime.party import Party
 
 
 def test_commstats_parties_is_total_less_dealer() -> None:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypten_lite.ring import (
+from crypten_lite.runtime.ring import (
     BILINEAR_OPS,
     bilinear,
     bilinear_output_shape,

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crypten_lite.errors import ProtocolError
-from crypten_lite.wire import (
+from crypten_lite.runtime.wire import (
     MAX_NDIM,
     MAX_TAG_BYTES,
     WIRE_VERSION,

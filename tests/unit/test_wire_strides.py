@@ -8,7 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crypten_lite.wire import decode_header, encode_header, tensor_from_payload, tensor_payload
+from crypten_lite.runtime.wire import (
+    decode_header,
+    encode_header,
+    tensor_from_payload,
+    tensor_payload,
+)
 
 
 def _round_trip(t: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import time
 import torch
 
 import crypten_lite
-import crypten_lite.party
+import crypten_lite.runtime.party
 from crypten_lite.protocols import arithmetic
 from crypten_lite.protocols.sharing import reveal, share
 
@@ -62,7 +62,7 @@ def _rounded(t: torch.Tensor | None) -> list[float]:
     return [round(float(v), 6) for v in t.reshape(-1).tolist()]
 
 
-def _stop_requested(path: str, party: crypten_lite.party.Party) -> bool:
+def _stop_requested(path: str, party: crypten_lite.runtime.party.Party) -> bool:
     """Party 0's view of "does ``path`` exist?", the same on every party (one broadcast)."""
     seen = torch.tensor(1 if party.rank == 0 and os.path.exists(path) else 0, dtype=torch.uint8)
     return bool(party.comm.broadcast(seen if party.rank == 0 else None, 0, "e2e.until").item())
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     version = os.environ.get("E2E_PROTOCOL_VERSION")
     if version:
-        crypten_lite.party.PROTOCOL_VERSION = int(version)
+        crypten_lite.runtime.party.PROTOCOL_VERSION = int(version)
 
     party = crypten_lite.init()
     n, rank = party.world_size, party.rank

@@ -32,7 +32,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from crypten_lite.launcher.security import Security, rank_name
-from crypten_lite.wire import encode_header
+from crypten_lite.runtime.wire import encode_header
 
 ATTEMPT_S = 30.0
 _EVENTS = {

@@ -9,11 +9,11 @@ playing the dealer for them. This module builds that view once per session:
   whose dealer rank (2) is party 2. Ranks map to themselves, so the view shares the real
   communicator's per-pair sequence numbers and statistics: messages of bridged and native ops
   interleave on one numbered channel per pair, and the profile counts both.
-* :class:`HelperSession` — per party: for parties 0 and 1, a :class:`~crypten_lite.party.Party`
-  of world size 2 on the view, with a :class:`~crypten_lite.dealer.TrustedThirdParty` client
+* :class:`HelperSession` — per party: for parties 0 and 1, a :class:`~crypten_lite.runtime.party.Party`
+  of world size 2 on the view, with a :class:`~crypten_lite.runtime.dealer.TrustedThirdParty` client
   talking to party 2 and the ``beaver`` family; for party 2, its dealer streams with parties 0
   and 1 and a dealer store kept across ops. All seeds come from
-  :attr:`~crypten_lite.party.Party.bridge_seeds` (agreed at set-up, X25519 + HKDF, each bound to
+  :attr:`~crypten_lite.runtime.party.Party.bridge_seeds` (agreed at set-up, X25519 + HKDF, each bound to
   its own label).
 
 Security (semi-honest, honest majority, one corruption):
@@ -36,13 +36,13 @@ import weakref
 
 import torch
 
-from crypten_lite.comm import Communicator
-from crypten_lite.dealer import TrustedThirdParty
-from crypten_lite.dealer.third_party import DealerState, send_done, serve_until_done
 from crypten_lite.errors import ProtocolError
-from crypten_lite.party import Party
-from crypten_lite.prg import PRG, fresh_seed
-from crypten_lite.wire import Header
+from crypten_lite.runtime.comm import Communicator
+from crypten_lite.runtime.dealer import TrustedThirdParty
+from crypten_lite.runtime.dealer.third_party import DealerState, send_done, serve_until_done
+from crypten_lite.runtime.party import Party
+from crypten_lite.runtime.prg import PRG, fresh_seed
+from crypten_lite.runtime.wire import Header
 
 __all__ = ["HelperSession", "ViewCommunicator", "helper_session"]
 

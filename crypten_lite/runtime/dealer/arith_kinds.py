@@ -1,7 +1,7 @@
 """Layer L2: request kinds for products, truncation, share conversion and fixed operands.
 
 These kinds take tensor shapes (one component element per value): Beaver triples for every
-bilinear op of :mod:`crypten_lite.ring` and their XOR counterpart, square pairs, truncation
+bilinear op of :mod:`crypten_lite.runtime.ring` and their XOR counterpart, square pairs, truncation
 pairs, edaBits and random shared bits (:data:`ARITH_KINDS`), and the ``fused`` items of
 :mod:`crypten_lite.protocols.fused` (exact truncations opened in the next product's round):
 per operand a uniform mask, per pending operand its truncation pair, per product the cross
@@ -14,7 +14,7 @@ never sees the weight); each later ``fixed_triple`` deals a fresh ``[a]`` and ``
 with that stored ``b``, so the parties open the weight's masked value ``y - b`` once and only
 the activation's mask per product. ``fixed_release`` forgets a stored mask. Handles are
 consecutive integers that every party assigns in the same (SPMD) order
-(:meth:`~crypten_lite.dealer.Dealer.fixed_mask`).
+(:meth:`~crypten_lite.runtime.dealer.Dealer.fixed_mask`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer.request import (
+from crypten_lite.errors import ProtocolError
+from crypten_lite.runtime.dealer.request import (
     ARITH,
     BIT,
     XOR,
@@ -35,8 +36,7 @@ from crypten_lite.dealer.request import (
     _Kind,
     _shape,
 )
-from crypten_lite.errors import ProtocolError
-from crypten_lite.ring import bilinear, bilinear_output_shape, logical_rshift, msb
+from crypten_lite.runtime.ring import bilinear, bilinear_output_shape, logical_rshift, msb
 
 __all__ = ["ARITH_KINDS", "broadcast_shape", "fused_terms"]
 

@@ -5,7 +5,7 @@ Every item the dealer hands out (a Beaver triple, a truncation pair, ...) is a l
 XOR-shared single bits. *Free* components are uniformly random; *derived* components are
 functions of them (``c = a * b``).
 
-Seed compression: party ``i`` and the dealer share an AES-CTR stream (:mod:`crypten_lite.prg`).
+Seed compression: party ``i`` and the dealer share an AES-CTR stream (:mod:`crypten_lite.runtime.prg`).
 Party ``i`` draws its shares of every free component from that stream, and, for ``i > 0``, its
 shares of the derived components too. The dealer draws the same streams, so it knows every
 share, reconstructs the free values, computes the derived values and sends party 0 only the
@@ -25,7 +25,7 @@ Two dealers:
 Online cost. Party 0 of a dealer process sends requests without waiting and, by default,
 *prefetches*: it predicts the next batches from the ones that followed the same batch before
 and sends them ahead, so that their corrections are queued when the program asks
-(:mod:`~crypten_lite.dealer.third_party`). An explicit offline phase (:mod:`~crypten_lite.dealer.plan`,
+(:mod:`~crypten_lite.runtime.dealer.third_party`). An explicit offline phase (:mod:`~crypten_lite.runtime.dealer.plan`,
 user API :mod:`crypten_lite.preprocessing`) records a run's requests, deals them in bulk
 beforehand, and serves the online run with no dealer message at all.
 
@@ -40,7 +40,7 @@ from this package; the split is by family, not an API.
 
 from __future__ import annotations
 
-from crypten_lite.dealer.bit_kinds import (
+from crypten_lite.runtime.dealer.bit_kinds import (
     AND_MAX_INPUTS,
     BIT_BLOCK,
     and_node_products,
@@ -53,22 +53,22 @@ from crypten_lite.dealer.bit_kinds import (
     subset_products,
     unpack_bits,
 )
-from crypten_lite.dealer.bit_kinds import CMP_L2_E as CMP_L2_E
-from crypten_lite.dealer.bit_kinds import CMP_L2_G as CMP_L2_G
-from crypten_lite.dealer.bit_kinds import CMP_L3_G as CMP_L3_G
-from crypten_lite.dealer.core import _KINDS as _KINDS
-from crypten_lite.dealer.core import dealer_corrections as dealer_corrections
-from crypten_lite.dealer.core import party_draw as party_draw
-from crypten_lite.dealer.dealers import Dealer, TrustedFirstParty
-from crypten_lite.dealer.dealers import DealerBatch as DealerBatch
-from crypten_lite.dealer.plan import PlanMismatchError as PlanMismatchError
-from crypten_lite.dealer.request import ARITH as ARITH
-from crypten_lite.dealer.request import BIT as BIT
-from crypten_lite.dealer.request import XOR as XOR
-from crypten_lite.dealer.request import DealerRequest, DealerStore
-from crypten_lite.dealer.request import Layout as Layout
-from crypten_lite.dealer.request import Shape as Shape
-from crypten_lite.dealer.third_party import TrustedThirdParty, serve_dealer
+from crypten_lite.runtime.dealer.bit_kinds import CMP_L2_E as CMP_L2_E
+from crypten_lite.runtime.dealer.bit_kinds import CMP_L2_G as CMP_L2_G
+from crypten_lite.runtime.dealer.bit_kinds import CMP_L3_G as CMP_L3_G
+from crypten_lite.runtime.dealer.core import _KINDS as _KINDS
+from crypten_lite.runtime.dealer.core import dealer_corrections as dealer_corrections
+from crypten_lite.runtime.dealer.core import party_draw as party_draw
+from crypten_lite.runtime.dealer.dealers import Dealer, TrustedFirstParty
+from crypten_lite.runtime.dealer.dealers import DealerBatch as DealerBatch
+from crypten_lite.runtime.dealer.plan import PlanMismatchError as PlanMismatchError
+from crypten_lite.runtime.dealer.request import ARITH as ARITH
+from crypten_lite.runtime.dealer.request import BIT as BIT
+from crypten_lite.runtime.dealer.request import XOR as XOR
+from crypten_lite.runtime.dealer.request import DealerRequest, DealerStore
+from crypten_lite.runtime.dealer.request import Layout as Layout
+from crypten_lite.runtime.dealer.request import Shape as Shape
+from crypten_lite.runtime.dealer.third_party import TrustedThirdParty, serve_dealer
 
 # `import *` exports these; the `X as X` imports above are importable from here too (protocols
 # and tests use them) and explicitly re-exported for mypy.

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer.core import _corrections, _layout, party_draw
-from crypten_lite.dealer.request import DealerRequest, DealerStore, Shape
-from crypten_lite.prg import PRG
+from crypten_lite.runtime.dealer.core import _corrections, _layout, party_draw
+from crypten_lite.runtime.dealer.request import DealerRequest, DealerStore, Shape
+from crypten_lite.runtime.prg import PRG
 
 __all__ = ["Dealer", "DealerBatch", "TrustedFirstParty"]
 
@@ -99,7 +99,7 @@ class Dealer(ABC):
     def triple(
         self, op: str, a_shape: Shape, b_shape: Shape, op_params: Mapping[str, Any] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Beaver triple ``[a], [b], [c = op(a, b)]`` for a bilinear op of :mod:`~crypten_lite.ring`."""
+        """Beaver triple ``[a], [b], [c = op(a, b)]`` for a bilinear op of :mod:`~crypten_lite.runtime.ring`."""
         a, b, c = self.get(
             "triple",
             op=op,
@@ -213,7 +213,7 @@ class TrustedFirstParty(Dealer):
     component and party 0 the replay and subtraction of the other parties' derived draws. It
     is no less secure than this dealer already is: party 0 knows everything by definition, and
     a party ``i > 0`` still sees only uniform free shares and zeros, independent of any value.
-    The draw order therefore differs from :class:`~crypten_lite.dealer.TrustedThirdParty`'s
+    The draw order therefore differs from :class:`~crypten_lite.runtime.dealer.TrustedThirdParty`'s
     (consistently on every party); the two dealers' streams are not interchangeable.
     """
 

@@ -7,7 +7,7 @@ uniformly random; *derived* components are functions of them (``c = a * b``).
 
 A :class:`DealerRequest` names an item by kind and JSON-serialisable parameters; each kind is a
 :class:`_Kind` (its component layout and its derivation) in the tables of
-:mod:`crypten_lite.dealer.arith_kinds` and :mod:`crypten_lite.dealer.bit_kinds`. Requests come
+:mod:`crypten_lite.runtime.dealer.arith_kinds` and :mod:`crypten_lite.runtime.dealer.bit_kinds`. Requests come
 from a peer, so every field is validated (:func:`_shape`, :func:`_handle`, :func:`_count`) and
 a bad one raises :class:`~crypten_lite.errors.ProtocolError`.
 """

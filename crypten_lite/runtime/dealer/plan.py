@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer.core import _layout
-from crypten_lite.dealer.dealers import Dealer, DealerBatch
-from crypten_lite.dealer.request import DealerRequest
 from crypten_lite.errors import ProtocolError
+from crypten_lite.runtime.dealer.core import _layout
+from crypten_lite.runtime.dealer.dealers import Dealer, DealerBatch
+from crypten_lite.runtime.dealer.request import DealerRequest
 
 __all__ = [
     "PlanMismatchError",

@@ -49,7 +49,7 @@ vs 102); now it counts party 1's on all three, with or without prefetch. What pr
 party 0's time waiting for dealer replies on a repeated forward pass: mlp_b1 20-55 ms to 0.03 ms,
 lenet_b1 17-65 ms to 0.06 ms, the BERT layer 507-688 ms to 0.4 ms.
 
-In-session serving (the replicated family, :mod:`crypten_lite.helper`): party 2 runs
+In-session serving (the replicated family, :mod:`crypten_lite.runtime.helper`): party 2 runs
 :func:`serve_until_done` for parties 0 and 1 during one bridged op, with the same wire format and
 a :class:`DealerState` kept across ops; party 0 ends the op with :func:`send_done`, a
 ``{"done": {...}}`` message (the op's outputs described; no reply). Their client does not
@@ -67,12 +67,12 @@ from typing import Any
 
 import torch
 
-from crypten_lite.comm import Communicator
-from crypten_lite.dealer.core import _layout, dealer_corrections, party_draw
-from crypten_lite.dealer.dealers import Dealer, DealerBatch
-from crypten_lite.dealer.request import DealerRequest, DealerStore
 from crypten_lite.errors import PartyTimeoutError, ProtocolError
-from crypten_lite.prg import PRG
+from crypten_lite.runtime.comm import Communicator
+from crypten_lite.runtime.dealer.core import _layout, dealer_corrections, party_draw
+from crypten_lite.runtime.dealer.dealers import Dealer, DealerBatch
+from crypten_lite.runtime.dealer.request import DealerRequest, DealerStore
+from crypten_lite.runtime.prg import PRG
 
 __all__ = [
     "PREFETCH_BATCHES",
@@ -488,7 +488,7 @@ def serve_until_done(
 ) -> dict[str, object]:
     """Serve party 0's messages as :func:`serve_dealer` does, until a ``done`` message.
 
-    The in-session dealer of the replicated family (:mod:`crypten_lite.helper`): party 2 deals
+    The in-session dealer of the replicated family (:mod:`crypten_lite.runtime.helper`): party 2 deals
     for parties 0 and 1 during one bridged op. Their client runs without prefetch, so no
     predicted batch crosses the end of an op.
 

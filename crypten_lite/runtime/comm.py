@@ -2,7 +2,7 @@
 
 A communicator connects this party to the other ``world_size - 1`` parties and, when the session
 has one, to the dealer (whose rank is ``world_size``). Every message is one tensor with a header
-(:mod:`crypten_lite.wire`): the sender's per-pair sequence number and the op tag are checked on
+(:mod:`crypten_lite.runtime.wire`): the sender's per-pair sequence number and the op tag are checked on
 receipt, so parties that run different op sequences fail with a clear
 :class:`~crypten_lite.errors.ProtocolError` instead of computing garbage.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from crypten_lite.errors import PartyFailedError, PartyTimeoutError, ProtocolError
-from crypten_lite.wire import (
+from crypten_lite.runtime.wire import (
     Header,
     decode_header,
     encode_header,
@@ -207,7 +207,7 @@ class Communicator(ABC):
     def _fetch(self, src: int, timeout_s: float) -> tuple[Header, torch.Tensor] | None:
         """The next message from ``src``, decoded, or ``None`` after ``timeout_s`` seconds.
 
-        Implementations decode with :func:`~crypten_lite.wire.decode_header` (passing
+        Implementations decode with :func:`~crypten_lite.runtime.wire.decode_header` (passing
         ``self.max_message_bytes``) and raise :class:`PartyFailedError` when they know the peer
         is gone.
         """

@@ -14,7 +14,7 @@
    dealer seed: products and truncation use the pairwise streams
    (:mod:`crypten_lite.protocols.replicated`) and ``party.dealer`` is a
    :class:`NoDealer` placeholder. The non-linear ops run between parties 0 and 1
-   with party 2 dealing for them (:mod:`crypten_lite.helper`), from seeds each party derives
+   with party 2 dealing for them (:mod:`crypten_lite.runtime.helper`), from seeds each party derives
    from its pairwise secrets and keeps in :attr:`Party.bridge_seeds`.
 
 Before step 1, each process lets the allocator keep freed tensor memory
@@ -36,9 +36,15 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from crypten_lite.comm import Communicator, InProcessHub
 from crypten_lite.config import Config
-from crypten_lite.dealer import (
+from crypten_lite.errors import (
+    ConfigurationError,
+    PartyFailedError,
+    PartyTimeoutError,
+    ProtocolError,
+)
+from crypten_lite.runtime.comm import Communicator, InProcessHub
+from crypten_lite.runtime.dealer import (
     Dealer,
     DealerBatch,
     DealerRequest,
@@ -46,13 +52,7 @@ from crypten_lite.dealer import (
     TrustedThirdParty,
     serve_dealer,
 )
-from crypten_lite.errors import (
-    ConfigurationError,
-    PartyFailedError,
-    PartyTimeoutError,
-    ProtocolError,
-)
-from crypten_lite.prg import PRG, KeyPair, derive_seed, fresh_seed
+from crypten_lite.runtime.prg import PRG, KeyPair, derive_seed, fresh_seed
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -324,7 +324,7 @@ class Party:
         dealer: Dealer
         bridge_seeds: dict[str, bytes] = {}
         if config.protocol == "replicated":
-            # No dealer process (checked above): party 2 deals for parties 0 and 1 (crypten_lite.helper). Each
+            # No dealer process (checked above): party 2 deals for parties 0 and 1 (crypten_lite.runtime.helper). Each
             # seed is bound to its own label, so these streams never overlap the PRZS streams.
             dealer = NoDealer(rank, n)
             bridge_seeds = _bridge_seeds(rank, pair_secrets, publics)

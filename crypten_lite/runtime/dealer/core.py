@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer.arith_kinds import ARITH_KINDS
-from crypten_lite.dealer.bit_kinds import BIT_KINDS
-from crypten_lite.dealer.request import (
+from crypten_lite.errors import ProtocolError
+from crypten_lite.runtime.dealer.arith_kinds import ARITH_KINDS
+from crypten_lite.runtime.dealer.bit_kinds import BIT_KINDS
+from crypten_lite.runtime.dealer.request import (
     ARITH,
     BIT,
     DealerRequest,
@@ -31,9 +32,8 @@ from crypten_lite.dealer.request import (
     Shape,
     _Kind,
 )
-from crypten_lite.errors import ProtocolError
-from crypten_lite.prg import PRG
-from crypten_lite.ring import freeze_params
+from crypten_lite.runtime.prg import PRG
+from crypten_lite.runtime.ring import freeze_params
 
 __all__ = ["dealer_corrections", "party_draw"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from crypten_lite.dealer.request import ARITH, XOR, DealerStore, Shape, _count, _Kind
 from crypten_lite.errors import ProtocolError
+from crypten_lite.runtime.dealer.request import ARITH, XOR, DealerStore, Shape, _count, _Kind
 
 __all__ = [
     "AND_MAX_INPUTS",
